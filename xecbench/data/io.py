@@ -1,0 +1,225 @@
+"""Reading and writing events: ROOT files (uproot) in the format users already have, and ``.npz``.
+
+An *event dict* maps branch names to numpy arrays with one row per event: ``npho`` and
+``relative_time`` ``(n, 4760)`` float32 (raw, invalid > 9e9 or NaN) and any truth branches
+(``energyTruth``, ``timeTruth``, ``xyzTruth``, ``uvwTruth``, ``emiAng``, ``emiVec``, ``xyzVTX``,
+``run``, ``event``). :func:`..simulate.simulate` returns the same form, so one pipeline serves both.
+
+Files whose branches are named differently are read with ``npho_branch=`` / ``time_branch=``; the
+arrays come back under the canonical names. Every write goes to a temporary file first and is then
+renamed, so a crash never leaves a half-written file in place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import uproot
+
+from ..geometry import N_CHANNELS
+
+NPHO, TIME = "npho", "relative_time"
+TRUTH_BRANCHES: tuple[str, ...] = (
+    "energyTruth",
+    "timeTruth",
+    "xyzTruth",
+    "uvwTruth",
+    "emiAng",
+    "emiVec",
+    "xyzVTX",
+    "run",
+    "event",
+)
+
+
+class DataFormatError(ValueError):
+    """A data file exists but does not hold what the workbench expects."""
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_events(events: dict[str, np.ndarray], source: str = "events") -> int:
+    """Check that an event dict has ``npho`` and ``relative_time`` of shape ``(n, 4760)`` and that
+    every array has ``n`` rows; return ``n``."""
+    for key in (NPHO, TIME):
+        if key not in events:
+            raise DataFormatError(f"{source}: missing array {key!r}; found {sorted(events)}")
+        a = events[key]
+        if a.ndim != 2 or a.shape[1] != N_CHANNELS:
+            raise DataFormatError(
+                f"{source}: {key!r} must have shape (n_events, {N_CHANNELS}), got {a.shape}"
+            )
+    n = events[NPHO].shape[0]
+    for key, a in events.items():
+        if len(a) != n:
+            raise DataFormatError(f"{source}: {key!r} has {len(a)} rows, {NPHO!r} has {n}")
+    return n
+
+
+# ------------------------------------------------------------------------------------------
+# ROOT
+# ------------------------------------------------------------------------------------------
+
+
+def _open_tree(path: str | os.PathLike[str], tree: str) -> uproot.TTree:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ROOT file {path} not found")
+    if path.stat().st_size == 0:
+        raise DataFormatError(f"ROOT file {path} is empty (0 bytes)")
+    try:
+        f = uproot.open(path)
+    except Exception as exc:  # uproot raises several types for damaged files
+        raise DataFormatError(f"{path} cannot be read as a ROOT file: {exc}") from exc
+    if tree not in f:
+        raise DataFormatError(f"{path}: no tree {tree!r}; the file holds {list(f.keys())}")
+    t = f[tree]
+    if not isinstance(t, uproot.TTree):
+        raise DataFormatError(f"{path}: {tree!r} is a {type(t).__name__}, not a TTree")
+    return t
+
+
+def _as_matrix(a: ak.Array | np.ndarray, path: Path, branch: str, width: int | None) -> np.ndarray:
+    """Per-event arrays (fixed-size or jagged) -> ``(n, width)`` numpy; scalars stay ``(n,)``."""
+    if isinstance(a, np.ndarray) and a.dtype != object:
+        out = a
+    else:
+        a = ak.Array(a)
+        if a.ndim > 1:
+            lengths = ak.num(a, axis=1)
+            if len(a) and ak.any(lengths != lengths[0]):
+                bad = np.unique(ak.to_numpy(lengths))
+                raise DataFormatError(
+                    f"{path}: branch {branch!r} has per-event lengths {bad.tolist()}, expected"
+                    f" {width or 'one length'} for every event"
+                )
+        out = ak.to_numpy(a)
+    if width is not None and (out.ndim != 2 or out.shape[1] != width):
+        raise DataFormatError(
+            f"{path}: branch {branch!r} must hold {width} values per event, got shape {out.shape[1:]}"
+        )
+    return out
+
+
+def iter_root(
+    path: str | os.PathLike[str],
+    *,
+    tree: str = "tree",
+    npho_branch: str = NPHO,
+    time_branch: str = TIME,
+    truth: Sequence[str] | None = None,
+    step_size: int = 1000,
+    entry_stop: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield event dicts of at most ``step_size`` events, so files larger than memory work.
+
+    ``truth``: truth branches to read; ``None`` = those of :data:`TRUTH_BRANCHES` that the file has.
+    Arrays come back under the canonical names ``npho`` and ``relative_time``.
+    """
+    path = Path(path)
+    t = _open_tree(path, tree)
+    keys = set(t.keys())
+    for b in (npho_branch, time_branch, *(truth or ())):
+        if b not in keys:
+            raise DataFormatError(
+                f"{path}: tree {tree!r} has no branch {b!r}; its branches are {sorted(keys)}"
+            )
+    truth = [b for b in TRUTH_BRANCHES if b in keys] if truth is None else list(truth)
+    if t.num_entries == 0:
+        raise DataFormatError(f"{path}: tree {tree!r} has no events")
+    rename = {npho_branch: NPHO, time_branch: TIME}
+    for chunk in t.iterate(
+        [npho_branch, time_branch, *truth], step_size=step_size, entry_stop=entry_stop, library="ak"
+    ):
+        out = {}
+        for b in chunk.fields:
+            width = N_CHANNELS if b in rename else None
+            arr = _as_matrix(chunk[b], path, b, width)
+            out[rename.get(b, b)] = arr.astype(np.float32) if b in rename else arr
+        yield out
+
+
+def read_root(path: str | os.PathLike[str], **kwargs) -> dict[str, np.ndarray]:
+    """Read a whole ROOT file into one event dict (see :func:`iter_root` for the options)."""
+    chunks = list(iter_root(path, **kwargs))
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def write_root(
+    path: str | os.PathLike[str],
+    events: dict[str, np.ndarray] | Iterator[dict[str, np.ndarray]],
+    *,
+    tree: str = "tree",
+) -> Path:
+    """Write events as a TTree of fixed-size branches (``npho[4760]``, ``xyzTruth[3]``, ...).
+
+    ``events``: one event dict, or an iterator of them (written chunk by chunk). Atomic.
+    """
+    path = Path(path)
+    chunks = iter([events]) if isinstance(events, dict) else iter(events)
+    with atomic_path(path) as tmp, uproot.recreate(tmp) as f:
+        first = next(chunks)
+        check_events(first, str(path))
+        out = f.mktree(tree, {k: (v.dtype, v.shape[1:]) if v.ndim > 1 else v.dtype for k, v in first.items()})
+        out.extend(first)
+        for chunk in chunks:
+            check_events(chunk, str(path))
+            out.extend(chunk)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# npz cache
+# ------------------------------------------------------------------------------------------
+
+
+def save_npz(path: str | os.PathLike[str], events: dict[str, np.ndarray]) -> Path:
+    """Save an event dict as an uncompressed ``.npz`` (fast to load). Atomic."""
+    path = Path(path)
+    check_events(events, str(path))
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **events)
+    return path
+
+
+def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Load an event dict saved by :func:`save_npz`, checking its shapes."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"npz file {path} not found")
+    try:
+        with np.load(path) as z:
+            events = {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise DataFormatError(f"{path} cannot be read as an .npz file: {exc}") from exc
+    check_events(events, str(path))
+    return events
+
+
+def load_events(path: str | os.PathLike[str], **kwargs) -> dict[str, np.ndarray]:
+    """Read ``.root`` or ``.npz`` by the file's suffix."""
+    suffix = Path(path).suffix
+    if suffix == ".root":
+        return read_root(path, **kwargs)
+    if suffix == ".npz":
+        return load_npz(path)
+    raise DataFormatError(f"{path}: unknown data format {suffix!r}; use .root or .npz")
