@@ -16,7 +16,7 @@ All arrays returned here are read-only numpy arrays built once and cached.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def face_ids(face: str) -> np.ndarray:
     """Flat channel ids of one face, ``(n_face,)`` int64, in the face's canonical order.
 
@@ -98,7 +98,7 @@ def face_ids(face: str) -> np.ndarray:
     return _readonly(ranges[face].astype(np.int64))
 
 
-@lru_cache(maxsize=None)
+@cache
 def channel_face() -> np.ndarray:
     """Face index (position in :data:`FACES`) of every channel, ``(4760,)`` int64."""
     out = np.full(N_CHANNELS, -1, dtype=np.int64)
@@ -107,7 +107,7 @@ def channel_face() -> np.ndarray:
     return _readonly(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def grid_ids(face: str) -> np.ndarray:
     """Channel ids of a rectangular face laid out as an image.
 
@@ -127,14 +127,14 @@ def grid_ids(face: str) -> np.ndarray:
     return _readonly(np.ascontiguousarray(g, dtype=np.int64))
 
 
-@lru_cache(maxsize=None)
+@cache
 def hex_row_col() -> np.ndarray:
     """``(73, 2)`` (row, column) of each node of a hex face, in id order."""
     rc = [(r, c) for r, n in enumerate(HEX_ROW_LENGTHS) for c in range(n)]
     return _readonly(np.array(rc, dtype=np.int64))
 
 
-@lru_cache(maxsize=None)
+@cache
 def hex_local_coords() -> np.ndarray:
     """``(73, 2)`` in-plane coordinates (z, distance from the axis) in cm of a hex face's nodes.
 
@@ -166,7 +166,7 @@ class HexGraph:
     degree: np.ndarray
 
 
-@lru_cache(maxsize=None)
+@cache
 def hex_graph() -> HexGraph:
     """The hexagonal neighbour graph shared by the top and bottom faces (see :class:`HexGraph`)."""
     starts = np.cumsum((0,) + HEX_ROW_LENGTHS[:-1])
@@ -218,7 +218,7 @@ def _radial(phi_deg: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(phi), np.sin(phi), np.zeros_like(phi)], axis=-1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pos = np.zeros((N_CHANNELS, 3))
     nrm = np.zeros((N_CHANNELS, 3))
@@ -286,7 +286,7 @@ def sensor_areas() -> np.ndarray:
     return _model()[2]
 
 
-@lru_cache(maxsize=None)
+@cache
 def face_centres() -> np.ndarray:
     """``(6, 3)`` mean sensor position of each face in :data:`FACES` order, cm."""
     pos = sensor_positions()
@@ -320,7 +320,7 @@ def xyz_to_uvw(xyz: np.ndarray) -> np.ndarray:
     return np.stack([xyz[..., 2], v, r - INNER_R], axis=-1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _neighbours(radius: float, max_k: int) -> np.ndarray:
     pos = sensor_positions()
     out = np.full((N_CHANNELS, max_k), -1, dtype=np.int64)

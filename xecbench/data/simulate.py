@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,7 @@ class SimConfig:
             )
 
 
-@lru_cache(maxsize=None)
+@cache
 def dead_channel_map(path: str | None = None) -> np.ndarray:
     """Channel ids of the fixed dead-channel map (``data/dead_channels.txt`` by default)."""
     p = Path(path) if path else DEAD_CHANNEL_FILE
@@ -83,7 +83,7 @@ def _block_generator(seed: int, block: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sensor_tensors() -> tuple[torch.Tensor, ...]:
     pos = torch.tensor(geo.sensor_positions(), dtype=torch.float32)
     nrm = torch.tensor(geo.sensor_normals(), dtype=torch.float32)

@@ -1,0 +1,16 @@
+"""Networks: masked ConvNeXt V2 and HexNeXt blocks, face encoders, fusion, the MAE."""
+
+from .blocks import GRN, ConvNeXtV2Block, Downsample, DropPath, LayerNorm2d, zero_masked
+from .encoder import PRESETS, EncoderConfig, XECEncoder, count_parameters, encoder_config
+from .faces import FaceLayout
+from .fusion import Fusion
+from .hex import HexAttention, HexConv, HexNeXtBlock
+from .mae import XECMAE, MAEConfig, MAEOutput, random_mask
+from .posenc import POSENCS
+
+__all__ = [
+    "GRN", "POSENCS", "PRESETS", "ConvNeXtV2Block", "DropPath", "Downsample", "EncoderConfig",
+    "FaceLayout", "Fusion", "HexAttention", "HexConv", "HexNeXtBlock", "LayerNorm2d", "MAEConfig",
+    "MAEOutput", "XECEncoder", "XECMAE", "count_parameters", "encoder_config", "random_mask",
+    "zero_masked",
+]

@@ -1,0 +1,123 @@
+"""ConvNeXt V2 building blocks with FCMAE-style masking.
+
+With a mask (``(B, 1, H, W)`` bool, True = masked) every block computes exactly what a sparse
+convolution over the visible sites would: masked sites are zeroed before every spatial operation
+and after every operation that would refill them (LayerNorm, biases, GRN's beta), and GRN takes its
+statistics over the visible sites only. Without a mask they are the ordinary dense blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def zero_masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero the masked sites of ``x`` ``(B, C, H, W)``; ``mask`` broadcasts to it (True = masked)."""
+    return x if mask is None else x.masked_fill(mask, 0.0)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel dimension of a channels-first tensor ``(B, C, H, W)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class GRN(nn.Module):
+    """Global response normalisation (ConvNeXt V2) on channels-last features ``(B, ..., C)``.
+
+    ``visible``: ``(B, ..., 1)`` float, 1 at visible sites; the L2 norm is then taken over visible
+    sites only, as in the sparse model.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        spatial = tuple(range(1, x.dim() - 1))
+        xv = x if visible is None else x * visible
+        gx = xv.pow(2).sum(dim=spatial, keepdim=True).sqrt()  # (B, 1.., C)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the residual branch per sample with probability ``p`` in training."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class ConvNeXtV2Block(nn.Module):
+    """Depthwise 7x7 -> LayerNorm -> Linear(4C) -> GELU -> GRN -> Linear(C), residual.
+
+    x: ``(B, C, H, W)``; mask: ``(B, 1, H, W)`` bool or None. Masked sites of the output are zero.
+    """
+
+    def __init__(self, dim: int, drop_path: float = 0.0, kernel_size: int = 7):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.grn = GRN(4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        shortcut = x
+        y = self.dwconv(zero_masked(x, mask)).permute(0, 2, 3, 1)  # (B, H, W, C)
+        visible = None if mask is None else (~mask).permute(0, 2, 3, 1).to(y.dtype)  # (B, H, W, 1)
+        y = self.act(self.pwconv1(self.norm(y)))
+        y = self.pwconv2(self.grn(y, visible)).permute(0, 3, 1, 2)
+        return zero_masked(shortcut + self.drop_path(y), mask)
+
+
+def pad_to_multiple(
+    x: torch.Tensor, mask: torch.Tensor | None, k: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pad ``(B, C, H, W)`` at the bottom/right so H and W divide by ``k``; padding is masked."""
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % k, (-W) % k
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+        if mask is not None:
+            mask = F.pad(mask, (0, pw, 0, ph), value=True)
+    return x, mask
+
+
+def downsample_mask(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """A coarse site is visible if any of its ``k x k`` fine sites is: ``(B,1,H,W) -> (B,1,H/k,W/k)``."""
+    return ~F.max_pool2d((~mask).to(torch.float32), k).bool()
+
+
+class Downsample(nn.Module):
+    """LayerNorm + non-overlapping ``k x k`` strided conv, carrying the mask down consistently."""
+
+    def __init__(self, dim_in: int, dim_out: int, k: int = 2, norm_first: bool = True):
+        super().__init__()
+        self.norm = LayerNorm2d(dim_in, eps=1e-6) if norm_first else nn.Identity()
+        self.conv = nn.Conv2d(dim_in, dim_out, k, stride=k)
+        self.k = k
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, mask = pad_to_multiple(x, mask, self.k)
+        x = self.conv(zero_masked(self.norm(x), mask))
+        if mask is None:
+            return x, None
+        mask = downsample_mask(mask, self.k)
+        return zero_masked(x, mask), mask

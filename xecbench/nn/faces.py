@@ -1,0 +1,94 @@
+"""Sensors <-> face tensors: the bridge between the flat ``(B, 4760, C)`` layout and the networks.
+
+Grid faces become images ``(B, C, H, W)``: every sensor sits in one cell. inner, us and ds map one
+sensor to one cell. The outer face uses its 9 x 24 coarse grid; each of the 30 centre-patch sensors
+goes to the coarse cell nearest to it, so a patch cell averages 2-3 sensors on the way in and hands
+its prediction to each of them on the way out. Hex faces stay node lists ``(B, 73, C)``.
+
+Masks follow the package convention: True = masked or dead (not seen by the encoder).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+
+from .. import geometry as geo
+
+
+@cache
+def cell_of_sensor(face: str) -> np.ndarray:
+    """For a grid face: the flat cell index (row-major in ``geometry.grid_ids(face)``) of each of its
+    sensors, in ``geometry.face_ids(face)`` order."""
+    ids = geo.face_ids(face)
+    grid = geo.grid_ids(face)
+    lookup = np.full(geo.N_CHANNELS, -1, dtype=np.int64)
+    lookup[grid.ravel()] = np.arange(grid.size)
+    cells = lookup[ids]
+    if face == "outer":
+        # patch sensors off the coarse grid: nearest coarse cell centre in (z, phi)
+        off = cells < 0
+        pos = geo.sensor_positions()
+        zr, pc = np.divmod(np.arange(grid.size), grid.shape[1])
+        cz = geo.OUTER_Z0 + geo.OUTER_DZ * zr
+        cphi = geo.OUTER_PHI0 + geo.OUTER_DPHI * pc
+        sz = pos[ids[off], 2]
+        sphi = geo.phi_deg(pos[ids[off]])
+        d = ((sz[:, None] - cz) / geo.OUTER_DZ) ** 2 + ((sphi[:, None] - cphi) / geo.OUTER_DPHI) ** 2
+        cells[off] = d.argmin(1)
+    return cells
+
+
+class FaceLayout(torch.nn.Module):
+    """Index buffers that scatter ``(B, 4760, C)`` onto each face and gather back (no loops over
+    events or sensors, no host synchronisation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for face in geo.FACES:
+            self.register_buffer(f"ids_{face}", torch.as_tensor(np.array(geo.face_ids(face))), persistent=False)
+        for face in geo.GRID_FACES:
+            self.register_buffer(f"cell_{face}", torch.as_tensor(cell_of_sensor(face)), persistent=False)
+
+    def ids(self, face: str) -> torch.Tensor:
+        return getattr(self, f"ids_{face}")
+
+    @staticmethod
+    def grid_shape(face: str) -> tuple[int, int]:
+        return tuple(geo.grid_ids(face).shape)  # type: ignore[return-value]
+
+    def to_grid(self, x: torch.Tensor, visible: torch.Tensor, face: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``(B, 4760, C)``, visible ``(B, 4760)`` bool -> image ``(B, C, H, W)`` (mean over the
+        visible sensors of each cell, 0 where none) and cell mask ``(B, 1, H, W)`` (True = no visible
+        sensor)."""
+        ids, cell = self.ids(face), getattr(self, f"cell_{face}")
+        H, W = self.grid_shape(face)
+        B, _, C = x.shape
+        v = visible[:, ids].to(x.dtype)  # (B, n)
+        xs = x[:, ids] * v[..., None]  # (B, n, C)
+        total = x.new_zeros(B, H * W, C).index_add_(1, cell, xs)
+        count = x.new_zeros(B, H * W).index_add_(1, cell, v)
+        img = total / count.clamp(min=1.0)[..., None]
+        mask = (count == 0).view(B, 1, H, W)
+        return img.transpose(1, 2).reshape(B, C, H, W), mask
+
+    def from_grid(self, img: torch.Tensor, face: str) -> torch.Tensor:
+        """Image ``(B, C, H, W)`` -> per-sensor values ``(B, n_face, C)`` in face-id order."""
+        B, C = img.shape[:2]
+        return img.reshape(B, C, -1)[:, :, getattr(self, f"cell_{face}")].transpose(1, 2)
+
+    def to_nodes(self, x: torch.Tensor, visible: torch.Tensor, face: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hex face: ``(B, 73, C)`` features zeroed where hidden, and mask ``(B, 73)`` (True = hidden)."""
+        ids = self.ids(face)
+        vis = visible[:, ids]
+        return x[:, ids] * vis[..., None].to(x.dtype), ~vis
+
+    def scatter(self, per_face: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``{face: (B, n_face, C)}`` for all six faces -> ``(B, 4760, C)`` in channel order."""
+        first = next(iter(per_face.values()))
+        out = first.new_zeros(first.shape[0], geo.N_CHANNELS, first.shape[-1])
+        for face, v in per_face.items():
+            out[:, self.ids(face)] = v
+        return out
