@@ -46,7 +46,9 @@ class EventDataset(Dataset):
         return cls(simulate(n_events, seed=seed, config=config), **kwargs)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], normalizer: Normalizer | None = None, **read_kwargs) -> EventDataset:
+    def from_file(
+        cls, path: str | os.PathLike[str], normalizer: Normalizer | None = None, **read_kwargs
+    ) -> EventDataset:
         return cls(load_events(path, **read_kwargs), normalizer)
 
     def __len__(self) -> int:
