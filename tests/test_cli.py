@@ -1,0 +1,45 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xecbench.cli import main
+from xecbench.data import read_root, simulate
+
+
+def test_info(capsys):
+    main(["info"])
+    out = capsys.readouterr().out
+    assert "4092 sensors" in out and "hex rows 11/12/11/12/13/14" in out
+
+
+def test_simulate_writes_a_readable_file(tmp_path, capsys):
+    out = tmp_path / "s.root"
+    main(["simulate", "50", "--out", str(out), "--seed", "4"])
+    assert np.array_equal(read_root(out)["npho"], simulate(50, seed=4)["npho"])
+    with pytest.raises(SystemExit, match="must end in .root or .npz"):
+        main(["simulate", "5", "--out", str(tmp_path / "s.csv")])
+
+
+def test_display_writes_a_png(tmp_path):
+    data = tmp_path / "s.npz"
+    main(["simulate", "3", "--out", str(data)])
+    main(["display", str(data), "--event", "2", "--out", str(tmp_path / "e.png")])
+    assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "xecbench.cli", "demo", "--steps", "8", "--events", "256", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "[4/4]" in r.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 8
+    assert summary["train_loss"][-1] < summary["train_loss"][0]  # it learns something in 8 steps
+    for name in summary["figures"]:
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

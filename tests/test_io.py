@@ -1,0 +1,130 @@
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from xecbench.data import DataFormatError, io, iter_root, load_events, load_npz, read_root, save_npz, write_root
+
+
+def test_root_round_trip_and_chunks(tmp_path, events):
+    path = write_root(tmp_path / "sim.root", events)
+    back = read_root(path)
+    assert set(back) == set(events)
+    for k in events:
+        assert np.array_equal(back[k], events[k]) and back[k].dtype == events[k].dtype, k
+    chunks = list(iter_root(path, step_size=64))
+    assert [len(c["npho"]) for c in chunks] == [64, 64, 64, 64, 44]
+    assert np.array_equal(np.concatenate([c["npho"] for c in chunks]), events["npho"])
+    # the file is a real TTree with fixed-size branches
+    t = uproot.open(path)["tree"]
+    assert t["npho"].typename == "float[4760]" and t.num_entries == 300
+
+
+def test_chunked_write_equals_one_write(tmp_path, events):
+    parts = ({k: v[i : i + 100] for k, v in events.items()} for i in range(0, 300, 100))
+    write_root(tmp_path / "chunked.root", parts)
+    back = read_root(tmp_path / "chunked.root")
+    assert np.array_equal(back["relative_time"], events["relative_time"])
+
+
+def test_other_branch_names_and_jagged_arrays(tmp_path, events):
+    # a file as another experiment's code might write it: vectors, other names, written by uproot directly
+    path = tmp_path / "jagged.root"
+    with uproot.recreate(path) as f:
+        f.mktree("T", {"nphoArr": "var * float32", "timeArr": "var * float32", "energyTruth": "float32"}).extend(
+            {"nphoArr": ak.Array(events["npho"][:5].tolist()), "timeArr": ak.Array(events["relative_time"][:5].tolist()),
+             "energyTruth": events["energyTruth"][:5]}
+        )
+    back = read_root(path, tree="T", npho_branch="nphoArr", time_branch="timeArr")
+    assert np.array_equal(back["npho"], events["npho"][:5])
+    assert np.array_equal(back["relative_time"], events["relative_time"][:5])
+    assert set(back) == {"npho", "relative_time", "energyTruth"}
+
+
+def test_npz_round_trip_and_load_events(tmp_path, events):
+    path = save_npz(tmp_path / "cache.npz", events)
+    back = load_npz(path)
+    for k in events:
+        assert np.array_equal(back[k], events[k]), k
+    assert np.array_equal(load_events(path)["npho"], events["npho"])
+    with pytest.raises(DataFormatError, match="unknown data format '.h5'"):
+        load_events(tmp_path / "x.h5")
+
+
+def _small(events, n=3):
+    return {k: v[:n] for k, v in events.items()}
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.root"):
+        read_root(tmp_path / "nothere.root")
+    with pytest.raises(FileNotFoundError, match="nothere.npz"):
+        load_npz(tmp_path / "nothere.npz")
+
+
+def test_empty_and_corrupt_files(tmp_path):
+    (tmp_path / "empty.root").write_bytes(b"")
+    with pytest.raises(DataFormatError, match=r"empty.root is empty"):
+        read_root(tmp_path / "empty.root")
+    (tmp_path / "junk.root").write_bytes(b"this is not ROOT" * 100)
+    with pytest.raises(DataFormatError, match="junk.root cannot be read as a ROOT file"):
+        read_root(tmp_path / "junk.root")
+    (tmp_path / "junk.npz").write_bytes(b"zip? no")
+    with pytest.raises(DataFormatError, match="junk.npz cannot be read"):
+        load_npz(tmp_path / "junk.npz")
+
+
+def test_missing_tree_and_branch_are_named(tmp_path, events):
+    path = write_root(tmp_path / "a.root", _small(events))
+    with pytest.raises(DataFormatError, match=r"a.root: no tree 'events'.*tree"):
+        read_root(path, tree="events")
+    with pytest.raises(DataFormatError, match=r"a.root: tree 'tree' has no branch 'nphoArr'.*'npho'"):
+        read_root(path, npho_branch="nphoArr")
+    with pytest.raises(DataFormatError, match="no branch 'muTruth'"):
+        read_root(path, truth=["muTruth"])
+
+
+def test_wrong_length_is_named(tmp_path, events):
+    path = tmp_path / "short.root"
+    with uproot.recreate(path) as f:
+        f.mktree("tree", {"npho": (np.float32, (4759,)), "relative_time": (np.float32, (4759,))}).extend(
+            {"npho": events["npho"][:2, :4759], "relative_time": events["relative_time"][:2, :4759]}
+        )
+    with pytest.raises(DataFormatError, match=r"short.root: branch 'npho' must hold 4760 values per event, got shape \(4759,\)"):
+        read_root(path)
+    ragged = tmp_path / "ragged.root"
+    with uproot.recreate(ragged) as f:
+        f.mktree("tree", {"npho": "var * float32", "relative_time": "var * float32"}).extend(
+            {"npho": ak.Array([[1.0] * 4760, [1.0] * 10]), "relative_time": ak.Array([[1.0] * 4760, [1.0] * 4760])}
+        )
+    with pytest.raises(DataFormatError, match=r"branch 'npho' has per-event lengths \[10, 4760\], expected 4760"):
+        read_root(ragged)
+    with pytest.raises(DataFormatError, match=r"'npho' must have shape \(n_events, 4760\), got \(2, 4759\)"):
+        save_npz(tmp_path / "bad.npz", {"npho": np.zeros((2, 4759)), "relative_time": np.zeros((2, 4759))})
+
+
+def test_tree_without_events(tmp_path):
+    path = tmp_path / "none.root"
+    with uproot.recreate(path) as f:
+        f.mktree("tree", {"npho": (np.float32, (4760,)), "relative_time": (np.float32, (4760,))})
+    with pytest.raises(DataFormatError, match="none.root: tree 'tree' has no events"):
+        read_root(path)
+
+
+def test_writes_are_atomic(tmp_path, events, monkeypatch):
+    path = write_root(tmp_path / "keep.root", _small(events))
+    before = path.read_bytes()
+
+    def chunks():
+        yield _small(events)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_root(path, chunks())
+    assert path.read_bytes() == before  # the old file survives a failed write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.root"]  # no temporary left behind
+    with pytest.raises(ValueError):
+        with io.atomic_path(tmp_path / "x.txt") as tmp:
+            tmp.write_text("half")
+            raise ValueError("boom")
+    assert not (tmp_path / "x.txt").exists()

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+
+from xecbench import geometry as geo
+from xecbench.data import INVALID, SimConfig, dead_channel_map, simulate
+
+C_LXE = 29.9792458 / 1.61  # cm/ns
+
+
+def test_same_seed_same_events_and_chunking_does_not_matter(events):
+    again = simulate(300, seed=11)
+    for k in events:
+        assert np.array_equal(events[k], again[k]), k
+    part = simulate(20, seed=11, start=250)  # crosses the 256-event block boundary
+    for k in events:
+        assert np.array_equal(part[k], events[k][250:270]), k
+    other = simulate(5, seed=12)
+    assert not np.array_equal(other["npho"], events["npho"][:5])
+
+
+def test_output_form(events):
+    assert events["npho"].shape == (300, 4760) and events["npho"].dtype == np.float32
+    assert events["relative_time"].shape == (300, 4760)
+    for k in ("xyzTruth", "uvwTruth", "emiVec", "xyzVTX"):
+        assert events[k].shape == (300, 3)
+    assert events["emiAng"].shape == (300, 2)
+    assert np.array_equal(events["event"], np.arange(300))
+    assert np.allclose(events["energyTruth"], 52.8)
+
+
+def test_npho_are_non_negative_integers(events):
+    n = events["npho"]
+    valid = n < 9e9
+    assert (n[valid] >= 0).all() and np.array_equal(n[valid], np.round(n[valid]))
+
+
+def test_dead_channels_are_invalid_like_real_files(events):
+    dead = dead_channel_map()
+    assert 20 <= dead.size <= 60
+    assert (events["npho"][:, dead] == INVALID).all() and (events["relative_time"][:, dead] == INVALID).all()
+    alive = np.setdiff1d(np.arange(4760), dead)
+    assert (events["npho"][:, alive] < 9e9).all()
+    rnd = simulate(64, seed=1, config=SimConfig(random_dead_fraction=0.05, dead_channels=None))
+    frac = (rnd["npho"] > 9e9).mean()
+    assert 0.04 < frac < 0.06
+
+
+def test_few_per_cent_of_sensors_have_a_valid_time(events):
+    t_valid = events["relative_time"] < 9e9
+    assert 0.01 < t_valid.mean() < 0.10
+    n = events["npho"]
+    assert (n[t_valid] >= 100).all() and not t_valid[(n < 100)].any()
+
+
+def test_total_light_is_linear_in_energy():
+    # same seed: same kinematics, only the light scales (and the Poisson draws)
+    totals = []
+    for e in (20.0, 40.0, 60.0):
+        ev = simulate(256, seed=3, config=SimConfig(energy=e, dead_channels=None))
+        totals.append(ev["npho"].sum(1).mean())
+    totals = np.array(totals)
+    assert totals / totals[0] == pytest.approx([1.0, 2.0, 3.0], rel=0.01)
+
+
+def test_nearest_sensor_to_the_interaction_sees_the_most_light(events):
+    pos = geo.sensor_positions()
+    npho = np.where(events["npho"] > 9e9, np.nan, events["npho"])
+    d = np.linalg.norm(pos[None] - events["xyzTruth"][:, None], axis=-1)  # (E, 4760)
+    d = np.where(np.isnan(npho), np.inf, d)
+    order = np.argsort(d, axis=1)
+    by_rank = np.take_along_axis(npho, order, axis=1).mean(0)  # mean npho of the k-th nearest sensor
+    assert by_rank[0] > by_rank[1:50].max() * 0.9  # the nearest is (about) the brightest on average
+    assert by_rank[0] > 5 * by_rank[100]
+    assert by_rank[:10].mean() > by_rank[10:100].mean() > by_rank[100:1000].mean()
+
+
+def test_time_grows_with_distance_at_the_speed_of_light_in_lxe(events):
+    pos = geo.sensor_positions()
+    t = events["relative_time"]
+    ok = t < 9e9
+    d = np.linalg.norm(pos[None] - events["xyzTruth"][:, None], axis=-1)
+    dt = (t - events["timeTruth"][:, None])[ok]
+    slope, intercept = np.polyfit(d[ok], dt, 1)
+    assert slope == pytest.approx(1 / C_LXE, rel=0.05)
+    assert abs(intercept) < 0.1
+    # the conversion time is the gamma's flight from the vertex
+    flight = np.linalg.norm(events["xyzTruth"] - events["xyzVTX"], axis=1) / 29.9792458
+    assert np.allclose(events["timeTruth"], flight, rtol=1e-5)
+
+
+def test_truth_is_consistent(events):
+    xyz = events["xyzTruth"]
+    assert geo.inside_xenon(xyz).mean() > 0.99
+    depth = events["uvwTruth"][:, 2]
+    assert 2.0 < depth.mean() < 6.0  # ~ the 3.56 cm interaction length, slanted entries add a little
+    assert np.allclose(np.linalg.norm(events["emiVec"], axis=1), 1.0, atol=1e-5)
+    assert np.allclose(events["uvwTruth"][:, 0], xyz[:, 2])
+
+
+def test_flat_spectrum_and_config_errors():
+    ev = simulate(256, seed=0, config=SimConfig(spectrum="flat", energy_range=(10, 60)))
+    e = ev["energyTruth"]
+    assert 10 <= e.min() and e.max() <= 60 and e.std() > 10
+    with pytest.raises(ValueError, match="spectrum must be 'mono' or 'flat'"):
+        SimConfig(spectrum="gauss")
+    with pytest.raises(ValueError, match="n_events and start must be >= 0"):
+        simulate(-1)
+    assert simulate(0)["npho"].shape == (0, 4760)
