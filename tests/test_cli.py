@@ -34,7 +34,9 @@ def test_display_writes_a_png(tmp_path):
 def test_demo_runs_end_to_end(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "xecbench.cli", "demo", "--steps", "8", "--events", "256", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert "[4/4]" in r.stdout

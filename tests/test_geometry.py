@@ -29,7 +29,9 @@ def test_outer_ids_run_z_fastest():
     off_patch = ~np.isin(g, geo.OUTER_PATCH_IDS)
     z = pos[g, 2]
     # along each row z is constant and rows are ordered in z (away from the centre patch)
-    assert np.allclose(z[off_patch], (geo.OUTER_Z0 + geo.OUTER_DZ * np.arange(9)[:, None] * np.ones((1, 24)))[off_patch])
+    assert np.allclose(
+        z[off_patch], (geo.OUTER_Z0 + geo.OUTER_DZ * np.arange(9)[:, None] * np.ones((1, 24)))[off_patch]
+    )
 
 
 def test_outer_patch_positions():

@@ -32,8 +32,11 @@ def test_other_branch_names_and_jagged_arrays(tmp_path, events):
     path = tmp_path / "jagged.root"
     with uproot.recreate(path) as f:
         f.mktree("T", {"nphoArr": "var * float32", "timeArr": "var * float32", "energyTruth": "float32"}).extend(
-            {"nphoArr": ak.Array(events["npho"][:5].tolist()), "timeArr": ak.Array(events["relative_time"][:5].tolist()),
-             "energyTruth": events["energyTruth"][:5]}
+            {
+                "nphoArr": ak.Array(events["npho"][:5].tolist()),
+                "timeArr": ak.Array(events["relative_time"][:5].tolist()),
+                "energyTruth": events["energyTruth"][:5],
+            }
         )
     back = read_root(path, tree="T", npho_branch="nphoArr", time_branch="timeArr")
     assert np.array_equal(back["npho"], events["npho"][:5])
@@ -90,7 +93,9 @@ def test_wrong_length_is_named(tmp_path, events):
         f.mktree("tree", {"npho": (np.float32, (4759,)), "relative_time": (np.float32, (4759,))}).extend(
             {"npho": events["npho"][:2, :4759], "relative_time": events["relative_time"][:2, :4759]}
         )
-    with pytest.raises(DataFormatError, match=r"short.root: branch 'npho' must hold 4760 values per event, got shape \(4759,\)"):
+    with pytest.raises(
+        DataFormatError, match=r"short.root: branch 'npho' must hold 4760 values per event, got shape \(4759,\)"
+    ):
         read_root(path)
     ragged = tmp_path / "ragged.root"
     with uproot.recreate(ragged) as f:

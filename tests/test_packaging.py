@@ -35,7 +35,9 @@ def test_pyproject_ranges_admit_the_pins():
     reqs = [Requirement(r) for r in meta["dependencies"] + meta["optional-dependencies"]["test"]]
     ranges = {_norm(r.name): r.specifier for r in reqs}
     pins = _pins()
-    assert set(ranges) == set(pins), f"only in pyproject: {set(ranges) - set(pins)}; only pinned: {set(pins) - set(ranges)}"
+    assert set(ranges) == set(pins), (
+        f"only in pyproject: {set(ranges) - set(pins)}; only pinned: {set(pins) - set(ranges)}"
+    )
     for name, spec in ranges.items():
         assert spec.contains(pins[name]), f"{name}=={pins[name]} is outside pyproject's {spec}"
 

@@ -68,7 +68,9 @@ def test_face_panels_share_one_scale(event):
     npho, _ = event
     fig = face_panels({"a": npho, "b": npho * 2}, "top")
     a, b = fig.face_artists
-    assert a.main.norm is b.main.norm and a.main.norm.vmax == pytest.approx(np.nanmax(np.where(npho > 9e9, np.nan, npho)[geo.face_ids("top")]) * 2)
+    assert a.main.norm is b.main.norm and a.main.norm.vmax == pytest.approx(
+        np.nanmax(np.where(npho > 9e9, np.nan, npho)[geo.face_ids("top")]) * 2
+    )
     plt.close(fig)
 
 

@@ -44,8 +44,12 @@ def _display(args: argparse.Namespace) -> None:
     events = load_events(args.file)
     key = "npho" if args.quantity == "npho" else "relative_time"
     values = events[key][args.event]
-    fig = event_display(values, quantity=args.quantity, dead=raw_invalid(events["npho"][args.event]).numpy(),
-                        title=f"{args.file} event {args.event}: {args.quantity}")
+    fig = event_display(
+        values,
+        quantity=args.quantity,
+        dead=raw_invalid(events["npho"][args.event]).numpy(),
+        title=f"{args.file} event {args.event}: {args.quantity}",
+    )
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
 

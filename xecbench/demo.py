@@ -67,8 +67,10 @@ def run_demo(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     loader = make_loader(train, batch_size, shuffle=True, seed=seed, drop_last=True)
     limit = f"{max_steps} steps" if max_steps else f"{seconds:.0f} s"
-    print(f"[2/4] pretraining a tiny MAE ({count_parameters(model) / 1e6:.2f} M parameters) for {limit},"
-          f" mask ratio {mask_ratio} ...")
+    print(
+        f"[2/4] pretraining a tiny MAE ({count_parameters(model) / 1e6:.2f} M parameters) for {limit},"
+        f" mask ratio {mask_ratio} ..."
+    )
     losses: list[float] = []
     step, start = 0, time.time()
     bar = tqdm(total=max_steps, disable=not progress, unit="step", desc="MAE")
@@ -106,12 +108,21 @@ def run_demo(
         title=f"Inner face, {mask_ratio:.0%} of valid sensors masked (grey): MAE after {step} steps",
     )
     fig.savefig(out / "reconstruction_inner.png", dpi=110)
-    fig = event_display(rec["reconstruction"], dead=rec["dead"], masked=rec["mask"],
-                        title="Reconstructed event (white dots: sensors the model filled in)")
+    fig = event_display(
+        rec["reconstruction"],
+        dead=rec["dead"],
+        masked=rec["mask"],
+        title="Reconstructed event (white dots: sensors the model filled in)",
+    )
     fig.savefig(out / "reconstruction_event.png", dpi=110)
     torch.save(model.state_dict(), out / "mae_tiny.pt")
-    summary = {"steps": step, "train_loss": losses, "val_loss": val_loss, "seconds": time.time() - t0,
-               "figures": ["reconstruction_inner.png", "reconstruction_event.png"]}
+    summary = {
+        "steps": step,
+        "train_loss": losses,
+        "val_loss": val_loss,
+        "seconds": time.time() - t0,
+        "figures": ["reconstruction_inner.png", "reconstruction_event.png"],
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"done in {summary['seconds']:.0f} s: {out / 'reconstruction_inner.png'}")
     return summary

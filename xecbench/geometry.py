@@ -303,13 +303,7 @@ def inside_xenon(xyz: np.ndarray) -> np.ndarray:
     r = np.hypot(xyz[..., 0], xyz[..., 1])
     z_limit = END_Z0 + (r - END_R0) * (END_DZ / END_DR)
     phi = phi_deg(xyz)
-    return (
-        (r > INNER_R)
-        & (r < OUTER_R)
-        & (np.abs(xyz[..., 2]) < z_limit)
-        & (phi > HEX_PHI)
-        & (phi < 360.0 - HEX_PHI)
-    )
+    return (r > INNER_R) & (r < OUTER_R) & (np.abs(xyz[..., 2]) < z_limit) & (phi > HEX_PHI) & (phi < 360.0 - HEX_PHI)
 
 
 def xyz_to_uvw(xyz: np.ndarray) -> np.ndarray:
@@ -348,8 +342,10 @@ def summary() -> str:
     lines = []
     for face in FACES:
         fid = face_ids(face)
-        layout = "hex rows " + "/".join(map(str, HEX_ROW_LENGTHS)) if face in HEX_FACES else (
-            "x".join(map(str, grid_ids(face).shape)) + " grid"
+        layout = (
+            "hex rows " + "/".join(map(str, HEX_ROW_LENGTHS))
+            if face in HEX_FACES
+            else ("x".join(map(str, grid_ids(face).shape)) + " grid")
         )
         if face == "outer":
             layout += " + 6x5 centre patch"

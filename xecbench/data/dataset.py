@@ -40,9 +40,7 @@ class EventDataset(Dataset):
         self.tensors = to_items(events, self.normalizer)
 
     @classmethod
-    def from_simulation(
-        cls, n_events: int, seed: int = 0, config: SimConfig | None = None, **kwargs
-    ) -> EventDataset:
+    def from_simulation(cls, n_events: int, seed: int = 0, config: SimConfig | None = None, **kwargs) -> EventDataset:
         return cls(simulate(n_events, seed=seed, config=config), **kwargs)
 
     @classmethod
@@ -106,13 +104,21 @@ class RootStream(IterableDataset):
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int = 32, shuffle: bool = False, num_workers: int = 0, seed: int = 0,
+    dataset: Dataset,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    num_workers: int = 0,
+    seed: int = 0,
     drop_last: bool = False,
 ) -> DataLoader:
     """A DataLoader with a seeded shuffle (map-style datasets only)."""
     g = torch.Generator().manual_seed(seed)
     shuffle = shuffle and not isinstance(dataset, IterableDataset)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=g,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=g,
         drop_last=drop_last,
     )

@@ -65,9 +65,7 @@ def check_events(events: dict[str, np.ndarray], source: str = "events") -> int:
             raise DataFormatError(f"{source}: missing array {key!r}; found {sorted(events)}")
         a = events[key]
         if a.ndim != 2 or a.shape[1] != N_CHANNELS:
-            raise DataFormatError(
-                f"{source}: {key!r} must have shape (n_events, {N_CHANNELS}), got {a.shape}"
-            )
+            raise DataFormatError(f"{source}: {key!r} must have shape (n_events, {N_CHANNELS}), got {a.shape}")
     n = events[NPHO].shape[0]
     for key, a in events.items():
         if len(a) != n:
@@ -140,9 +138,7 @@ def iter_root(
     keys = set(t.keys())
     for b in (npho_branch, time_branch, *(truth or ())):
         if b not in keys:
-            raise DataFormatError(
-                f"{path}: tree {tree!r} has no branch {b!r}; its branches are {sorted(keys)}"
-            )
+            raise DataFormatError(f"{path}: tree {tree!r} has no branch {b!r}; its branches are {sorted(keys)}")
     truth = [b for b in TRUTH_BRANCHES if b in keys] if truth is None else list(truth)
     if t.num_entries == 0:
         raise DataFormatError(f"{path}: tree {tree!r} has no events")

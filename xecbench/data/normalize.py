@@ -85,9 +85,7 @@ class Normalizer:
         # clamp before transforming so invalid entries do not produce NaN warnings or overflow
         xn = self.npho(torch.where(valid, npho, 0).clamp(min=0).double())
         xt = self.time(torch.where(time_valid, time, 0).double())
-        x = torch.stack(
-            [xn.masked_fill(~valid, self.sentinel), xt.masked_fill(~time_valid, self.sentinel)], dim=-1
-        )
+        x = torch.stack([xn.masked_fill(~valid, self.sentinel), xt.masked_fill(~time_valid, self.sentinel)], dim=-1)
         return x.float(), valid, time_valid
 
     def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,9 +60,7 @@ class SimConfig:
         if self.n_points < 1:
             raise ValueError(f"SimConfig.n_points must be >= 1, got {self.n_points}")
         if not 0.0 <= self.random_dead_fraction < 1.0:
-            raise ValueError(
-                f"SimConfig.random_dead_fraction must be in [0, 1), got {self.random_dead_fraction}"
-            )
+            raise ValueError(f"SimConfig.random_dead_fraction must be in [0, 1), got {self.random_dead_fraction}")
 
 
 @cache
@@ -185,9 +183,7 @@ def _simulate_block(cfg: SimConfig, seed: int, block: int) -> dict[str, np.ndarr
     }
 
 
-def simulate(
-    n_events: int, seed: int = 0, config: SimConfig | None = None, start: int = 0
-) -> dict[str, np.ndarray]:
+def simulate(n_events: int, seed: int = 0, config: SimConfig | None = None, start: int = 0) -> dict[str, np.ndarray]:
     """Simulate events ``start .. start + n_events - 1`` of ``seed``.
 
     Returns a dict of numpy arrays keyed by ROOT branch names: ``npho`` and ``relative_time``

@@ -9,8 +9,25 @@ from .mae import XECMAE, MAEConfig, MAEOutput, random_mask
 from .posenc import POSENCS
 
 __all__ = [
-    "GRN", "POSENCS", "PRESETS", "ConvNeXtV2Block", "DropPath", "Downsample", "EncoderConfig",
-    "FaceLayout", "Fusion", "HexAttention", "HexConv", "HexNeXtBlock", "LayerNorm2d", "MAEConfig",
-    "MAEOutput", "XECEncoder", "XECMAE", "count_parameters", "encoder_config", "random_mask",
+    "GRN",
+    "POSENCS",
+    "PRESETS",
+    "ConvNeXtV2Block",
+    "DropPath",
+    "Downsample",
+    "EncoderConfig",
+    "FaceLayout",
+    "Fusion",
+    "HexAttention",
+    "HexConv",
+    "HexNeXtBlock",
+    "LayerNorm2d",
+    "MAEConfig",
+    "MAEOutput",
+    "XECEncoder",
+    "XECMAE",
+    "count_parameters",
+    "encoder_config",
+    "random_mask",
     "zero_masked",
 ]

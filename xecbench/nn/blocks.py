@@ -85,9 +85,7 @@ class ConvNeXtV2Block(nn.Module):
         return zero_masked(shortcut + self.drop_path(y), mask)
 
 
-def pad_to_multiple(
-    x: torch.Tensor, mask: torch.Tensor | None, k: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def pad_to_multiple(x: torch.Tensor, mask: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pad ``(B, C, H, W)`` at the bottom/right so H and W divide by ``k``; padding is masked."""
     H, W = x.shape[-2:]
     ph, pw = (-H) % k, (-W) % k
@@ -112,9 +110,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(dim_in, dim_out, k, stride=k)
         self.k = k
 
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, mask = pad_to_multiple(x, mask, self.k)
         x = self.conv(zero_masked(self.norm(x), mask))
         if mask is None:

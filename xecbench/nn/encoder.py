@@ -61,8 +61,16 @@ class EncoderConfig:
 PRESETS: dict[str, EncoderConfig] = {
     "tiny": EncoderConfig(),
     "base": EncoderConfig(
-        dims=(128, 256, 512), depths=(2, 2, 4), inner_stem=2, hex_dim=256, hex_depth=3,
-        hex_heads=8, token_dim=1024, fusion_layers=2, fusion_heads=16, drop_path=0.1,
+        dims=(128, 256, 512),
+        depths=(2, 2, 4),
+        inner_stem=2,
+        hex_dim=256,
+        hex_depth=3,
+        hex_heads=8,
+        token_dim=1024,
+        fusion_layers=2,
+        fusion_heads=16,
+        drop_path=0.1,
     ),
 }
 
@@ -173,4 +181,3 @@ class XECEncoder(nn.Module):
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-

@@ -51,13 +51,16 @@ class FaceLayout(torch.nn.Module):
             self.register_buffer(f"ids_{face}", torch.as_tensor(np.array(geo.face_ids(face))), persistent=False)
         for face in geo.GRID_FACES:
             self.register_buffer(f"cell_{face}", torch.as_tensor(cell_of_sensor(face)), persistent=False)
+        # plain ints, so torch.compile never traces into the numpy geometry
+        self.shapes: dict[str, tuple[int, int]] = {
+            f: tuple(int(n) for n in geo.grid_ids(f).shape) for f in geo.GRID_FACES
+        }
 
     def ids(self, face: str) -> torch.Tensor:
         return getattr(self, f"ids_{face}")
 
-    @staticmethod
-    def grid_shape(face: str) -> tuple[int, int]:
-        return tuple(geo.grid_ids(face).shape)  # type: ignore[return-value]
+    def grid_shape(self, face: str) -> tuple[int, int]:
+        return self.shapes[face]
 
     def to_grid(self, x: torch.Tensor, visible: torch.Tensor, face: str) -> tuple[torch.Tensor, torch.Tensor]:
         """x ``(B, 4760, C)``, visible ``(B, 4760)`` bool -> image ``(B, C, H, W)`` (mean over the

@@ -45,9 +45,7 @@ class FusionLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = FusionAttention(dim, heads, posenc)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim)
-        )
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

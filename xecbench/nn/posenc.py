@@ -34,7 +34,7 @@ def sinusoidal_table(n: int, dim: int) -> torch.Tensor:
 
 def face_centres_m() -> torch.Tensor:
     """``(6, 3)`` face centres in metres."""
-    return torch.as_tensor(geo.face_centres(), dtype=torch.float32) / 100.0
+    return torch.tensor(geo.face_centres(), dtype=torch.float32) / 100.0
 
 
 class AdditivePosEnc(nn.Module):

@@ -110,15 +110,26 @@ def draw_face(
         dx = (x1 - x0) / max(img.shape[1] - 1, 1) / 2
         dy = (y0 - y1) / max(img.shape[0] - 1, 1) / 2
         main = ax.imshow(
-            img, extent=(x0 - dx, x1 + dx, y1 - dy, y0 + dy), origin="upper", norm=norm, cmap=cm,
-            interpolation="nearest", aspect="equal",
+            img,
+            extent=(x0 - dx, x1 + dx, y1 - dy, y0 + dy),
+            origin="upper",
+            norm=norm,
+            cmap=cm,
+            interpolation="nearest",
+            aspect="equal",
         )
     else:
         if face == "outer":
             patch = np.isin(ids, geo.OUTER_PATCH_IDS)
             w = np.where(patch, geo.PATCH_DZ, geo.OUTER_DZ) * 0.95
-            h = np.where(patch, _arc(geo.OUTER_R, 0) - _arc(geo.OUTER_R, geo.PATCH_DPHI),
-                         _arc(geo.OUTER_R, 0) - _arc(geo.OUTER_R, geo.OUTER_DPHI)) * 0.95
+            h = (
+                np.where(
+                    patch,
+                    _arc(geo.OUTER_R, 0) - _arc(geo.OUTER_R, geo.PATCH_DPHI),
+                    _arc(geo.OUTER_R, 0) - _arc(geo.OUTER_R, geo.OUTER_DPHI),
+                )
+                * 0.95
+            )
             shapes = [Rectangle((x - a / 2, y - b / 2), a, b) for (x, y), a, b in zip(xy, w, h)]
         else:
             shapes = [RegularPolygon((x, y), numVertices=6, radius=geo.HEX_DZ / np.sqrt(3)) for x, y in xy]
@@ -165,11 +176,13 @@ def event_display(
     shown = np.where(values > 9e9, np.nan, values)
     norm = _values_norm(shown, quantity, vmin, vmax)
     fig, axes = plt.subplot_mosaic(
-        UNFOLDED, figsize=figsize, width_ratios=[1.2, 3, 1.2, 3], height_ratios=[1.1, 3, 1.1],
+        UNFOLDED,
+        figsize=figsize,
+        width_ratios=[1.2, 3, 1.2, 3],
+        height_ratios=[1.1, 3, 1.1],
         layout="constrained",
     )
-    arts = {f: draw_face(axes[f], values, f, quantity=quantity, dead=dead, masked=masked, norm=norm)
-            for f in geo.FACES}
+    arts = {f: draw_face(axes[f], values, f, quantity=quantity, dead=dead, masked=masked, norm=norm) for f in geo.FACES}
     axes["inner"].set_xlabel("z (cm)", fontsize=7)
     axes["inner"].set_ylabel("arc length (cm)", fontsize=7)
     label = "npho (photons)" if quantity == "npho" else "time (ns)"
@@ -181,8 +194,14 @@ def event_display(
 
 
 def face_panels(
-    panels: dict[str, np.ndarray], face: str, *, quantity: str = "npho", masked: np.ndarray | None = None,
-    dead: np.ndarray | None = None, figsize: tuple[float, float] | None = None, title: str | None = None,
+    panels: dict[str, np.ndarray],
+    face: str,
+    *,
+    quantity: str = "npho",
+    masked: np.ndarray | None = None,
+    dead: np.ndarray | None = None,
+    figsize: tuple[float, float] | None = None,
+    title: str | None = None,
 ) -> Figure:
     """Several versions of one face side by side with one colour scale, e.g.
     ``{"masked input": ..., "reconstruction": ..., "truth": ...}``; each value ``(4760,)`` raw."""
@@ -190,14 +209,16 @@ def face_panels(
     stacked = np.stack([np.where(np.asarray(v) > 9e9, np.nan, v)[ids] for v in panels.values()])
     norm = _values_norm(stacked.ravel(), quantity, None, None)
     n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=figsize or (3.2 * n, 4.2 if face == "inner" else 3.2),
-                             layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(
+        1, n, figsize=figsize or (3.2 * n, 4.2 if face == "inner" else 3.2), layout="constrained", squeeze=False
+    )
     arts = []
     for ax, (name, v) in zip(axes[0], panels.items()):
         arts.append(draw_face(ax, v, face, quantity=quantity, norm=norm, masked=masked, dead=dead))
         ax.set_title(f"{face}: {name}", fontsize=9)
-    fig.colorbar(arts[0].main, ax=list(axes[0]), shrink=0.8,
-                 label="npho (photons)" if quantity == "npho" else "time (ns)")
+    fig.colorbar(
+        arts[0].main, ax=list(axes[0]), shrink=0.8, label="npho (photons)" if quantity == "npho" else "time (ns)"
+    )
     if title:
         fig.suptitle(title)
     fig.face_artists = arts  # type: ignore[attr-defined]

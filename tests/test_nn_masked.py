@@ -1,0 +1,185 @@
+"""Masked (FCMAE) blocks against sparse references that only ever read visible sites."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xecbench import geometry as geo
+from xecbench.nn import ConvNeXtV2Block, Downsample, HexAttention, HexConv, HexNeXtBlock, XECEncoder, encoder_config
+from xecbench.nn.blocks import GRN
+
+torch.manual_seed(0)
+
+
+def _randomise(block: torch.nn.Module) -> None:
+    """GRN starts at gamma = beta = 0 (identity); give every parameter a value so all paths count."""
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.3)
+
+
+def sparse_block_reference(block: ConvNeXtV2Block, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Slow reference: for each visible site gather the visible sites of its 7x7 window explicitly,
+    then apply the pointwise layers site by site; GRN statistics over the visible sites only."""
+    B, C, H, W = x.shape
+    k = block.dwconv.kernel_size[0]
+    r = k // 2
+    w = block.dwconv.weight[:, 0]  # (C, k, k)
+    out = torch.zeros_like(x)
+    for b in range(B):
+        vis = [(i, j) for i in range(H) for j in range(W) if not mask[b, 0, i, j]]
+        hidden = []
+        for i, j in vis:
+            acc = block.dwconv.bias.clone()
+            for di in range(-r, r + 1):
+                for dj in range(-r, r + 1):
+                    ii, jj = i + di, j + dj
+                    if 0 <= ii < H and 0 <= jj < W and not mask[b, 0, ii, jj]:
+                        acc = acc + w[:, di + r, dj + r] * x[b, :, ii, jj]
+            hidden.append(block.act(block.pwconv1(block.norm(acc))))
+        if not vis:
+            continue
+        h = torch.stack(hidden)  # (n_visible, 4C)
+        gx = h.pow(2).sum(0).sqrt()
+        nx = gx / (gx.mean() + block.grn.eps)
+        h = block.grn.gamma * (h * nx) + block.grn.beta + h
+        y = block.pwconv2(h)
+        for n, (i, j) in enumerate(vis):
+            out[b, :, i, j] = x[b, :, i, j] + y[n]
+    return out
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9, 1.0])
+def test_convnext_block_equals_sparse_reference(ratio):
+    block = ConvNeXtV2Block(8)
+    _randomise(block)
+    x = torch.randn(2, 8, 9, 11)
+    mask = torch.rand(2, 1, 9, 11) < ratio
+    x_hidden_junk = torch.where(mask, torch.randn_like(x) * 100, x)  # hidden values must not matter
+    with torch.no_grad():
+        got = block(x_hidden_junk, mask)
+        ref = sparse_block_reference(block, x, mask)
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)
+    assert (got.masked_select(mask.expand_as(got)) == 0).all()
+    if ratio == 0.0:
+        with torch.no_grad():
+            assert torch.allclose(got, block(x), atol=1e-6)  # all visible == the dense block
+
+
+def test_grn_uses_visible_sites_only():
+    grn = GRN(4)
+    _randomise(grn)
+    x = torch.randn(3, 5, 6, 4)
+    visible = (torch.rand(3, 5, 6, 1) > 0.4).float()
+    got = grn(x, visible)
+    for b in range(3):
+        v = x[b][visible[b, ..., 0] > 0]  # (n, C)
+        gx = v.pow(2).sum(0).sqrt()
+        nx = gx / (gx.mean() + grn.eps)
+        assert torch.allclose(got[b], grn.gamma * x[b] * nx + grn.beta + x[b], atol=1e-6)
+
+
+def test_downsample_carries_the_mask():
+    down = Downsample(4, 6)
+    x = torch.randn(1, 4, 5, 4)
+    mask = torch.ones(1, 1, 5, 4, dtype=torch.bool)
+    mask[0, 0, 0, 0] = False  # one visible fine site -> coarse (0, 0) visible
+    mask[0, 0, 4, 3] = False  # in the padded last row -> coarse (2, 1) visible
+    y, m = down(x, mask)
+    assert m.shape == (1, 1, 3, 2) and y.shape == (1, 6, 3, 2)
+    assert m[0, 0].tolist() == [[False, True], [True, True], [True, False]]
+    assert (y.masked_select(m.expand_as(y)) == 0).all()
+
+
+def test_whole_encoder_never_sees_hidden_values():
+    enc = XECEncoder(encoder_config("tiny", hex_op="attention"))
+    for blk in enc.modules():
+        if isinstance(blk, GRN):
+            _randomise(blk)
+    enc.eval()
+    B = 2
+    x = torch.randn(B, 4760, 2)
+    visible = torch.rand(B, 4760) > 0.6
+    time_valid = torch.rand(B, 4760) > 0.5
+    junk = torch.where(visible[..., None], x, torch.randn_like(x) * 1e3)
+    tv_junk = torch.where(visible, time_valid, torch.rand(B, 4760) > 0.5)
+    with torch.no_grad():
+        a = enc(x, visible, time_valid)
+        b = enc(junk, visible, tv_junk)
+    assert torch.allclose(a["tokens"], b["tokens"], atol=1e-5)
+    for face in geo.FACES:
+        assert torch.allclose(a["features"][face], b["features"][face], atol=1e-5)
+
+
+def test_hex_conv_equals_edge_loop():
+    conv = HexConv(5)
+    _randomise(conv)
+    x = torch.randn(2, 73, 5)
+    g = geo.hex_graph()
+    ref = conv.bias.expand(2, 73, 5).clone()
+    for s, t, d in zip(g.src, g.dst, g.direction):
+        ref[:, t] = ref[:, t] + conv.weight[d] * x[:, s]
+    with torch.no_grad():
+        assert torch.allclose(conv(x), ref, atol=1e-6)
+
+
+def test_hex_attention_masks_keys_and_equals_loop():
+    att = HexAttention(8, heads=2)
+    _randomise(att)
+    x = torch.randn(1, 73, 8)
+    mask = torch.rand(1, 73) < 0.5
+    xz = x * (~mask)[..., None]
+    with torch.no_grad():
+        got = att(xz, mask)
+        q, k, v = att.qkv(xz).chunk(3, dim=-1)
+        g = geo.hex_graph()
+        for node in range(73):
+            keys = [(int(s), int(d)) for s, t, d in zip(g.src, g.dst, g.direction) if t == node and not mask[0, s]]
+            heads = []
+            for h in range(2):
+                sl = slice(4 * h, 4 * h + 4)
+                if not keys:
+                    heads.append(torch.zeros(4))
+                    continue
+                kk = torch.stack([k[0, s, sl] + att.dir_emb[d, sl] for s, d in keys])
+                vv = torch.stack([v[0, s, sl] for s, _ in keys])
+                w = torch.softmax(kk @ q[0, node, sl] / 2.0, dim=0)
+                heads.append(w @ vv)
+            assert torch.allclose(got[0, node], att.proj(torch.cat(heads)), atol=1e-5), node
+
+
+@pytest.mark.parametrize("op", ["conv", "attention"])
+def test_hexnext_block_hidden_nodes_stay_zero_and_do_not_leak(op):
+    blk = HexNeXtBlock(8, op, heads=2)
+    _randomise(blk)
+    x = torch.randn(2, 73, 8)
+    mask = torch.rand(2, 73) < 0.4
+    with torch.no_grad():
+        a = blk(x, mask)
+        b = blk(torch.where(mask[..., None], torch.randn_like(x) * 50, x), mask)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert (a[mask] == 0).all()
+
+
+def test_dense_and_masked_paths_agree_for_padding_shapes():
+    # a 24x6 face padded to 24x6 and a 9x24 face padded to 10x24 through Downsample
+    d = Downsample(3, 4)
+    x = torch.randn(1, 3, 9, 24)
+    y, m = d(x, torch.zeros(1, 1, 9, 24, dtype=torch.bool))
+    x_pad = F.pad(x, (0, 0, 0, 1))
+    ref = d.conv(d.norm(x_pad))
+    ref[..., -1, :] = d.conv(torch.where(torch.arange(10)[:, None] < 9, d.norm(x_pad), 0.0))[..., -1, :]
+    assert torch.allclose(y, ref, atol=1e-6) and not m.any()
+
+
+def test_random_masks_are_independent_per_event():
+    from xecbench.nn import random_mask
+
+    valid = torch.ones(4, 4760, dtype=torch.bool)
+    valid[:, :100] = False
+    m = random_mask(valid, 0.6, torch.Generator().manual_seed(0))
+    assert (m.sum(1) == int(0.6 * 4660)).all()
+    assert not m[:, :100].any()
+    assert not torch.equal(m[0], m[1])
+    assert np.isclose(m[:, 100:].float().mean().item(), 0.6, atol=1e-3)
