@@ -329,8 +329,9 @@ def _neighbours(radius: float, max_k: int) -> np.ndarray:
     return _readonly(out)
 
 
-def neighbours(radius: float = 8.0, max_k: int = 8) -> np.ndarray:
-    """Same-face neighbours of every sensor within ``radius`` cm, nearest first.
+def neighbours(radius: float = 11.0, max_k: int = 8) -> np.ndarray:
+    """Same-face neighbours of every sensor within ``radius`` cm (11 cm reaches the coarse outer PMTs,
+    9.7-10.4 cm apart), nearest first.
 
     Returns ``(4760, max_k)`` channel ids, padded with -1. Used by the baselines.
     """

@@ -5,6 +5,7 @@ from .encoder import PRESETS, EncoderConfig, XECEncoder, count_parameters, encod
 from .faces import FaceLayout
 from .fusion import Fusion
 from .hex import HexAttention, HexConv, HexNeXtBlock
+from .inpaint import InpaintOutput, XECInpainter, gather_masked
 from .mae import XECMAE, MAEConfig, MAEOutput, random_mask
 from .posenc import POSENCS
 
@@ -21,6 +22,10 @@ __all__ = [
     "HexAttention",
     "HexConv",
     "HexNeXtBlock",
+    "InpaintOutput",
+    "XECInpainter",
+    "gather_masked",
+    "masked_loss",
     "LayerNorm2d",
     "MAEConfig",
     "MAEOutput",

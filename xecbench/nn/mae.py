@@ -19,6 +19,7 @@ from torch import nn
 from .. import geometry as geo
 from .blocks import ConvNeXtV2Block
 from .encoder import EncoderConfig, XECEncoder
+from .faces import FaceLayout
 from .hex import HexNeXtBlock
 
 LOSSES = ("mse", "l1", "huber")
@@ -37,6 +38,32 @@ def random_mask(valid: torch.Tensor, ratio: float, generator: torch.Generator | 
     rank = noise.argsort(dim=1).argsort(dim=1)  # rank of each sensor's noise within its event
     n_mask = torch.floor(ratio * valid.sum(dim=1).min().to(torch.float32))
     return rank < n_mask
+
+
+def masked_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    time_valid: torch.Tensor,
+    layout: FaceLayout,
+    kind: str = "mse",
+    channel_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean error over the masked sensors, per channel, weighted and summed; the same per face.
+
+    pred, target ``(B, 4760, 2)``; mask, time_valid ``(B, 4760)`` bool. npho counts on every masked
+    sensor, time only where it is valid too. Unscored targets get exactly zero weight (and gradient).
+    """
+    w = torch.stack([mask, mask & time_valid], dim=-1).to(pred.dtype)  # (B, N, 2)
+    cw = pred.new_ones(2) if channel_weights is None else channel_weights.to(pred.dtype)
+    target = torch.where(w > 0, target, 0.0)  # sentinels never enter the arithmetic
+    err = masked_error(pred, target, kind) * w
+    total = (err.sum((0, 1)) / w.sum((0, 1)).clamp(min=1.0) * cw).sum()
+    per_face = {}
+    for face in geo.FACES:
+        ids = layout.ids(face)
+        per_face[face] = (err[:, ids].sum((0, 1)) / w[:, ids].sum((0, 1)).clamp(min=1.0) * cw).sum()
+    return total, per_face
 
 
 def masked_error(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -152,17 +179,4 @@ class XECMAE(nn.Module):
     def loss(
         self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, time_valid: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean error over masked sensors, per channel (npho: all masked; time: masked with a valid
-        time), weighted and summed; the same per face. Targets at unscored sensors get no gradient
-        because their weight is exactly zero."""
-        w = torch.stack([mask, mask & time_valid], dim=-1).to(pred.dtype)  # (B, N, 2)
-        target = torch.where(w > 0, target, 0.0)  # sentinels never enter the arithmetic
-        err = masked_error(pred, target, self.cfg.loss) * w
-        total = (err.sum((0, 1)) / w.sum((0, 1)).clamp(min=1.0) * self.channel_weights).sum()
-        per_face = {}
-        layout = self.encoder.layout
-        for face in geo.FACES:
-            ids = layout.ids(face)
-            e, c = err[:, ids].sum((0, 1)), w[:, ids].sum((0, 1)).clamp(min=1.0)
-            per_face[face] = (e / c * self.channel_weights).sum()
-        return total, per_face
+        return masked_loss(pred, target, mask, time_valid, self.encoder.layout, self.cfg.loss, self.channel_weights)

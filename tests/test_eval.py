@@ -1,0 +1,74 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xecbench import geometry as geo
+from xecbench.eval import metrics_by_face, neighbour_average, residual_stats, solid_angle_estimate, solid_angles
+
+
+def test_neighbour_average_on_a_flat_and_a_linear_event():
+    flat = torch.full((1, 4760), 100.0, dtype=torch.float64)
+    usable = torch.ones(1, 4760, dtype=torch.bool)
+    usable[0, [2000, 2001, 4600]] = False
+    est, ok = neighbour_average(flat, usable)
+    assert ok.all() and torch.allclose(est, flat)
+    # a field linear in z on the inner face: an interior sensor's 8 neighbours are symmetric in z
+    z = torch.as_tensor(geo.sensor_positions()[:, 2])[None]
+    est, _ = neighbour_average(3.0 * z + 50.0, usable, radius=2.2, max_k=8)
+    i = 2010  # row 45, column 30: interior, all neighbours usable
+    assert est[0, i].item() == pytest.approx(3.0 * z[0, i].item() + 50.0, abs=1e-9)
+
+
+def test_neighbour_average_skips_hidden_and_reports_missing():
+    v = torch.arange(4760, dtype=torch.float64)[None]
+    usable = torch.ones(1, 4760, dtype=torch.bool)
+    usable[0, 1] = False  # sensor 0's neighbours at radius 1.6 cm are 1 (hidden) and 44
+    est, ok = neighbour_average(v, usable, radius=1.6, max_k=4)
+    assert est[0, 0].item() == pytest.approx(44.0)
+    usable[0, 44] = False
+    est, ok = neighbour_average(v, usable, radius=1.6, max_k=4)
+    assert not ok[0, 0] and est[0, 0].item() == 0.0
+
+
+def test_solid_angle_estimate_is_exact_for_a_point_source():
+    source = torch.tensor([[-75.0, 5.0, 3.0]], dtype=torch.float64)
+    npho = 1e6 * solid_angles(source)  # light exactly proportional to the solid angle
+    usable = torch.ones(1, 4760, dtype=torch.bool)
+    hidden = torch.tensor([2000, 2050, 2100, 4200, 4650])
+    usable[0, hidden] = False
+    est, ok = solid_angle_estimate(npho, usable, source=source)
+    assert torch.allclose(est[0, hidden], npho[0, hidden], rtol=1e-9)
+    avg, _ = neighbour_average(npho, usable)
+    assert (avg[0, hidden] - npho[0, hidden]).abs().sum() > 1.0  # the plain average is not exact
+
+
+def test_solid_angle_formula():
+    pos = geo.sensor_positions()[0]
+    nrm = geo.sensor_normals()[0]
+    src = torch.tensor(pos + 10.0 * nrm)[None]  # 10 cm straight in front of sensor 0
+    om = solid_angles(src)
+    assert om[0, 0].item() == pytest.approx(geo.sensor_areas()[0] / 100.0, rel=1e-9)
+
+
+def test_residual_stats_by_hand():
+    s = residual_stats(np.array([1.0, -1.0, 2.0, 0.0]))
+    assert s["n"] == 4 and s["mae"] == 1.0 and s["bias"] == 0.5
+    assert s["rmse"] == pytest.approx(math.sqrt(1.5))
+    g = residual_stats(np.random.default_rng(0).normal(0.0, 2.0, 200_000))
+    assert g["width68"] == pytest.approx(2.0, rel=0.01)
+    assert math.isnan(residual_stats(np.array([]))["mae"])
+
+
+def test_metrics_by_face_selects_scored_sensors():
+    pred = torch.zeros(1, 4760)
+    truth = torch.zeros(1, 4760)
+    truth[0, geo.face_ids("top")] = 2.0
+    scored = torch.zeros(1, 4760, dtype=torch.bool)
+    scored[0, geo.face_ids("top")[:10]] = True
+    scored[0, :5] = True
+    m = metrics_by_face(pred, truth, scored)
+    assert m["top"]["n"] == 10 and m["top"]["bias"] == -2.0
+    assert m["inner"]["n"] == 5 and m["inner"]["mae"] == 0.0
+    assert m["all"]["n"] == 15 and m["outer"]["n"] == 0

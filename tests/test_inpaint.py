@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from xecbench import geometry as geo
+from xecbench.nn import XECMAE, MAEConfig, XECInpainter, encoder_config, gather_masked, random_mask
+
+
+def gather_loop(values, mask, K):
+    """Per-event reference: masked ids in order, padded with zeros."""
+    B, N, C = values.shape
+    out = torch.zeros(B, K, C)
+    idx = torch.zeros(B, K, dtype=torch.long)
+    ok = torch.zeros(B, K, dtype=torch.bool)
+    for b in range(B):
+        ids = [i for i in range(N) if mask[b, i]][:K]
+        for s, i in enumerate(ids):
+            out[b, s], idx[b, s], ok[b, s] = values[b, i], i, True
+    return idx, out, ok
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.05, 0.6, 1.0])
+def test_gather_equals_loop(ratio):
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(3, 200, 2, generator=g)
+    mask = torch.rand(3, 200, generator=g) < ratio
+    K = 150
+    idx, got, ok, overflow = gather_masked(values, mask, K)
+    ridx, ref, rok = gather_loop(values, mask, K)
+    assert torch.equal(ok, rok) and torch.equal(got, ref)
+    assert torch.equal(idx[ok], ridx[rok])
+    assert torch.equal(overflow, mask.sum(1) > K)
+
+
+def test_gather_capacity_larger_than_sensors():
+    values = torch.randn(2, 10, 2)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    idx, got, ok, overflow = gather_masked(values, mask, 16)
+    assert got.shape == (2, 16, 2) and ok.sum().item() == 20 and not overflow.any()
+    assert torch.equal(got[:, :10], values) and (got[:, 10:] == 0).all()
+
+
+def _batch(B=2):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, 4760, 2, generator=g)
+    valid = torch.rand(B, 4760, generator=g) > 0.02
+    tv = valid & (torch.rand(B, 4760, generator=g) > 0.9)
+    return x, valid, tv
+
+
+def test_frozen_encoder_gets_no_gradient_and_heads_all_do():
+    torch.manual_seed(0)
+    model = XECInpainter(XECMAE(MAEConfig(encoder=encoder_config("tiny"))).encoder, freeze_encoder=True)
+    x, valid, tv = _batch()
+    mask = random_mask(valid, 0.1) | ~valid
+    out = model.train()(x, valid, tv, mask, capacity=600)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    missing = [n for n, p in model.heads.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+    assert not model.encoder.training  # frozen encoder stays in eval mode
+
+
+def test_trainable_encoder_gets_gradient():
+    torch.manual_seed(0)
+    model = XECInpainter(XECMAE().encoder, freeze_encoder=False)
+    x, valid, tv = _batch()
+    model(x, valid, tv, random_mask(valid, 0.1), capacity=600).loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_every_face_honours_its_mask():
+    torch.manual_seed(0)
+    model = XECInpainter(XECMAE().encoder).eval()
+    x, valid, tv = _batch()
+    mask = random_mask(valid, 0.3)
+    junk = torch.where(mask[..., None], torch.randn_like(x) * 100, x)
+    with torch.no_grad():
+        a = model(x, valid, tv, mask, capacity=2000)
+        b = model(junk, valid, tv, mask, capacity=2000)
+    for face in geo.FACES:
+        ids = torch.tensor(geo.face_ids(face))
+        assert torch.allclose(a.dense[:, ids], b.dense[:, ids], atol=1e-5), face
+    assert torch.equal(a.gathered, b.gathered) or torch.allclose(a.gathered, b.gathered, atol=1e-5)
+    # the gathered slots hold the dense predictions at the masked ids
+    sel = a.slot_valid
+    assert torch.equal(a.gathered[sel], a.dense[torch.arange(2)[:, None].expand_as(a.index)[sel], a.index[sel]])
+
+
+def test_from_mae_state_dict():
+    mae = XECMAE()
+    inp = XECInpainter.from_mae(mae.state_dict())
+    for (n1, p1), (n2, p2) in zip(mae.encoder.state_dict().items(), inp.encoder.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)

@@ -1,0 +1,13 @@
+"""Evaluation: classical inpainting baselines and residual metrics."""
+
+from .baselines import estimate_source, neighbour_average, solid_angle_estimate, solid_angles
+from .metrics import metrics_by_face, residual_stats
+
+__all__ = [
+    "estimate_source",
+    "metrics_by_face",
+    "neighbour_average",
+    "residual_stats",
+    "solid_angle_estimate",
+    "solid_angles",
+]

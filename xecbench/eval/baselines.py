@@ -1,0 +1,90 @@
+"""Classical inpainting baselines: what a learned model has to beat.
+
+Both work on raw values ``(B, 4760)`` with a ``usable`` mask (True = the sensor may be used as a
+neighbour: valid and not hidden) and return an estimate at every sensor, vectorised over events and
+sensors through the padded same-face neighbour table of :func:`geometry.neighbours`.
+
+* :func:`neighbour_average`: the mean of the usable same-face neighbours within ``radius``.
+* :func:`solid_angle_estimate`: the light per unit solid angle seen by the usable neighbours, times
+  the solid angle of the hidden sensor, both seen from a shower position estimated from the
+  brightest usable sensors (or given).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import geometry as geo
+
+
+def _table(radius: float, max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    nb = torch.as_tensor(np.array(geo.neighbours(radius, max_k)))
+    exists = nb >= 0
+    return nb.clamp(min=0), exists
+
+
+def neighbour_average(
+    values: torch.Tensor, usable: torch.Tensor, radius: float = 11.0, max_k: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of the usable same-face neighbours within ``radius`` cm.
+
+    values ``(B, 4760)`` raw (npho or time), usable ``(B, 4760)`` bool. Returns the estimate
+    ``(B, 4760)`` (0 where no neighbour is usable) and ``(B, 4760)`` bool: an estimate exists.
+    """
+    nb, exists = _table(radius, max_k)  # (N, K)
+    ok = usable[:, nb] & exists  # (B, N, K)
+    v = torch.where(ok, values[:, nb], 0.0)
+    count = ok.sum(-1)
+    return v.sum(-1) / count.clamp(min=1), count > 0
+
+
+def solid_angles(source: torch.Tensor) -> torch.Tensor:
+    """``area * cos(incidence) / d^2`` of every sensor from points ``source (B, 3)`` -> ``(B, 4760)``
+    (0 for sensors facing away)."""
+    pos = torch.tensor(geo.sensor_positions(), dtype=source.dtype)
+    nrm = torch.tensor(geo.sensor_normals(), dtype=source.dtype)
+    area = torch.tensor(geo.sensor_areas(), dtype=source.dtype)
+    d = source[:, None, :] - pos[None]  # (B, N, 3) from sensor to source
+    d2 = d.pow(2).sum(-1).clamp(min=1.0)
+    cos = (d * nrm).sum(-1) / d2.sqrt()
+    return area * cos.clamp(min=0) / d2
+
+
+def estimate_source(npho: torch.Tensor, usable: torch.Tensor, top_k: int = 10, depth: float = 3.0) -> torch.Tensor:
+    """Shower position ``(B, 3)``: the npho-weighted mean of the ``top_k`` brightest usable
+    sensors, pushed ``depth`` cm into the xenon along their weighted normal."""
+    pos = torch.tensor(geo.sensor_positions(), dtype=npho.dtype)
+    nrm = torch.tensor(geo.sensor_normals(), dtype=npho.dtype)
+    w, idx = torch.where(usable, npho, -1.0).topk(top_k, dim=1)
+    w = w.clamp(min=0)[..., None]
+    centre = (pos[idx] * w).sum(1) / w.sum(1).clamp(min=1e-9)
+    normal = (nrm[idx] * w).sum(1)
+    normal = normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+    return centre + depth * normal
+
+
+def solid_angle_estimate(
+    npho: torch.Tensor,
+    usable: torch.Tensor,
+    source: torch.Tensor | None = None,
+    radius: float = 11.0,
+    max_k: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """npho at every sensor from its usable neighbours, scaled by solid angle:
+    ``Omega_i * sum_j npho_j / sum_j Omega_j`` over the usable neighbours j of sensor i.
+
+    npho ``(B, 4760)`` raw; ``source (B, 3)`` the shower position (estimated if None). Where no
+    usable neighbour sees the source (the sensors facing away from it) the neighbour average is
+    used. Returns the estimate and whether one exists (any usable neighbour).
+    """
+    if source is None:
+        source = estimate_source(npho, usable)
+    omega = solid_angles(source)  # (B, N)
+    nb, exists = _table(radius, max_k)
+    ok = usable[:, nb] & exists
+    light = torch.where(ok, npho[:, nb], 0.0).sum(-1)
+    seen = torch.where(ok, omega[:, nb], 0.0).sum(-1)
+    sees = seen > 0
+    average, has = neighbour_average(npho, usable, radius, max_k)
+    return torch.where(sees, omega * light / torch.where(sees, seen, 1.0), average), has
