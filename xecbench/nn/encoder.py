@@ -31,14 +31,14 @@ IN_CHANS = 3  # npho, time (0 where invalid), time-valid flag
 class EncoderConfig:
     """All sizes of the encoder. Presets: :data:`PRESETS` (``tiny`` for CPU, ``base`` for research)."""
 
-    dims: tuple[int, ...] = (32, 64)  # grid-face stage widths
+    dims: tuple[int, ...] = (24, 48)  # grid-face stage widths
     depths: tuple[int, ...] = (1, 1)  # ConvNeXt V2 blocks per stage
     inner_stem: int = 4  # patchifying stem stride on the 93x44 inner face (others use 1)
-    hex_dim: int = 32
+    hex_dim: int = 24
     hex_depth: int = 1
     hex_op: str = "conv"  # "conv" | "attention"
     hex_heads: int = 4
-    token_dim: int = 64
+    token_dim: int = 48
     fusion_layers: int = 2
     fusion_heads: int = 4
     posenc: str = "learnable"
@@ -61,11 +61,13 @@ class EncoderConfig:
 PRESETS: dict[str, EncoderConfig] = {
     "tiny": EncoderConfig(),
     "base": EncoderConfig(
-        dims=(128, 256, 512),
-        depths=(2, 2, 4),
-        inner_stem=2,
-        hex_dim=256,
-        hex_depth=3,
+        # D = 1024 tokens; a patchifying stride-4 stem on the inner face keeps a training step at
+        # batch 32 near 17 events/s on 2 CPU cores (benchmarks/bench_models.py)
+        dims=(96, 192, 384),
+        depths=(2, 2, 2),
+        inner_stem=4,
+        hex_dim=192,
+        hex_depth=2,
         hex_heads=8,
         token_dim=1024,
         fusion_layers=2,

@@ -27,16 +27,19 @@ from .mae import XECMAE, masked_loss
 def gather_masked(values: torch.Tensor, mask: torch.Tensor, capacity: int):
     """Gather ``values (B, N, C)`` at the masked positions of ``mask (B, N)`` into ``capacity`` slots.
 
-    Returns ``index (B, K)`` (channel ids, masked ones first in id order, then padding),
+    Returns ``index (B, K)`` (channel ids of the masked sensors in id order, then 0 as padding),
     ``gathered (B, K, C)`` and ``slot_valid (B, K)`` bool (False for padding). Masked positions
     beyond the capacity are dropped; ``overflow (B,)`` says where that happened.
     """
     B, N = mask.shape
     K = int(capacity)
-    # a stable sort on "not masked" puts masked ids first, each group in id order
-    index = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :K]
-    if K > N:
-        index = torch.cat([index, index.new_zeros(B, K - N)], dim=1)
+    # slot of a masked sensor = the number of masked sensors before it; unmasked sensors and masked
+    # ones beyond the capacity all write into a spare slot K that is cut off afterwards
+    m = mask.to(torch.int32)
+    count = m.cumsum(1, dtype=torch.int32)
+    slot = ((count.clamp(max=K + 1) - 1) * m + K * (1 - m)).long()
+    ids = torch.arange(N, device=mask.device).expand(B, N)
+    index = torch.zeros(B, K + 1, dtype=torch.long, device=mask.device).scatter_(1, slot, ids)[:, :K]
     n_masked = mask.sum(1)
     slot_valid = torch.arange(K, device=mask.device)[None] < n_masked[:, None]
     gathered = torch.gather(values, 1, index[..., None].expand(B, K, values.shape[-1]))

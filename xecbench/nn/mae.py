@@ -35,7 +35,9 @@ def random_mask(valid: torch.Tensor, ratio: float, generator: torch.Generator | 
         raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
     noise = torch.rand(valid.shape, device=valid.device, generator=generator)
     noise = noise.masked_fill(~valid, 2.0)  # invalid sensors sort last
-    rank = noise.argsort(dim=1).argsort(dim=1)  # rank of each sensor's noise within its event
+    order = noise.argsort(dim=1)
+    positions = torch.arange(valid.shape[1], device=valid.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)  # rank of each sensor's noise in its event
     n_mask = torch.floor(ratio * valid.sum(dim=1).min().to(torch.float32))
     return rank < n_mask
 
