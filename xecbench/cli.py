@@ -54,6 +54,57 @@ def _display(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from .train import load_config, run_training
+
+    cfg = load_config(args.config, args.set)
+    trainer = run_training(cfg, resume=args.resume)
+    if trainer.dist.is_main:
+        last = [r for r in trainer.history if r["kind"] == "epoch"][-1]
+        shown = {k: round(v, 5) for k, v in last.items() if k in ("train_loss", "val_loss", "val_ema_loss")}
+        print(f"finished {trainer.epoch} epochs ({trainer.step} optimiser steps): {shown}")
+        print(f"checkpoint and metrics in {cfg.training.run_dir}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from .data import EventDataset, SimConfig
+    from .eval import compare_inpainting, format_table
+    from .train import build_model, config_from_checkpoint, inference_weights, load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    cfg = config_from_checkpoint(state)
+    if cfg.model.task != "inpaint":
+        sys.exit(f"xecbench evaluate: {args.checkpoint} holds a {cfg.model.task!r} model; it needs an inpainter")
+    model = build_model(replace_init(cfg.model))
+    model.load_state_dict(inference_weights(state))
+    data = (
+        EventDataset.from_file(args.data)
+        if args.data
+        else EventDataset.from_simulation(args.events, seed=args.seed, config=SimConfig())
+    )
+    ratio = args.mask_ratio if args.mask_ratio is not None else cfg.model.inpaint_mask_ratio
+    result = compare_inpainting(model, data, mask_ratio=ratio, seed=args.seed)
+    for units in ("raw", "normalised"):
+        for stat in ("mae", "rmse", "bias", "width68"):
+            print(f"\n[{units} npho] {stat}")
+            print(format_table(result[units], stat))
+    if args.out:
+        from .data.io import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+        print(f"\nwrote {args.out}")
+
+
+def replace_init(model_cfg):
+    """The model config without ``init_from``: the checkpoint already holds the weights."""
+    from dataclasses import replace
+
+    return replace(model_cfg, init_from=None)
+
+
 def _info(args: argparse.Namespace) -> None:
     from . import __version__
     from .geometry import summary
@@ -88,6 +139,27 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--quantity", choices=("npho", "time"), default="npho")
     v.add_argument("--out", default="event.png")
     v.set_defaults(func=_display)
+
+    t = sub.add_parser("train", help="train from a YAML config (MAE or inpainting)")
+    t.add_argument("config", help="YAML file with sections model, data, training (see configs/)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key, e.g. --set training.lr=1e-3 (repeatable)",
+    )
+    t.add_argument("--resume", default=None, help="a checkpoint to continue from")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="an inpainting checkpoint against the baselines, per face")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", default=None, help=".root/.npz events (default: simulate --events)")
+    e.add_argument("--events", type=int, default=256)
+    e.add_argument("--seed", type=int, default=2024)
+    e.add_argument("--mask-ratio", type=float, default=None, help="default: the model's inpaint_mask_ratio")
+    e.add_argument("--out", default=None, help="write the full result as JSON")
+    e.set_defaults(func=_evaluate)
 
     i = sub.add_parser("info", help="print the detector layout")
     i.set_defaults(func=_info)

@@ -1,0 +1,231 @@
+"""Experiment configuration: YAML with sections ``model``, ``data`` and ``training``, loaded into typed
+dataclasses, with command-line overrides such as ``training.lr=1e-3``.
+
+Every key is checked: an unknown key, a wrong type or a value out of range stops with an error that
+names the key, what is allowed and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that the workbench does not accept."""
+
+
+def _choices(*values: Any, default: Any) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+def _range(default: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Any:
+    return field(default=default, metadata={"range": (lo, hi, lo_open)})
+
+
+@dataclass
+class ModelConfig:
+    task: str = _choices("mae", "inpaint", default="mae")
+    preset: str = _choices("tiny", "base", default="tiny")
+    posenc: str = _choices("learnable", "sinusoidal", "geometric", "none", "rope", "alibi", default="learnable")
+    hex_op: str = _choices("conv", "attention", default="conv")
+    token_dim: int | None = None  # override the preset's token width
+    mask_ratio: float = _range(0.6, 0.0, 1.0)  # MAE: fraction of valid sensors masked
+    loss: str = _choices("mse", "l1", "huber", default="mse")
+    channel_weights: tuple[float, float] = (1.0, 1.0)  # npho, time
+    # inpainting only
+    inpaint_mask_ratio: float = _range(0.05, 0.0, 1.0)  # fraction of valid sensors hidden per event
+    freeze_encoder: bool = True
+    head_width: int = _range(32, 1)
+    init_from: str | None = None  # an MAE checkpoint whose encoder the inpainter starts from
+
+
+@dataclass
+class DataConfig:
+    source: str = "simulate"  # "simulate" or a .root / .npz file
+    n_train: int = _range(2048, 1)
+    n_val: int = _range(256, 1)
+    val_source: str | None = None  # a separate validation file; default: the tail of ``source``
+    seed: int = 0
+    spectrum: str = _choices("mono", "flat", default="mono")
+    random_dead_fraction: float = _range(0.0, 0.0, 1.0)
+    npho_scheme: str = _choices("log1p", "sqrt", "anscombe", "linear", default="log1p")
+    npho_scale: float = _range(100.0, 0.0, lo_open=True)
+    npho_scale2: float = _range(2.5, 0.0, lo_open=True)
+    time_scale: float = _range(10.0, 0.0, lo_open=True)
+    time_shift: float = 0.5
+    num_workers: int = _range(0, 0)
+
+
+@dataclass
+class TrainingConfig:
+    batch_size: int = _range(32, 1)
+    grad_accum_steps: int = _range(1, 1)
+    epochs: int = _range(2, 1)
+    lr: float = _range(1e-3, 0.0, lo_open=True)
+    optimizer: str = _choices("adamw", "schedulefree_adamw", "dadapt_adam", default="adamw")
+    weight_decay: float = _range(0.05, 0.0)
+    scheduler: str = _choices("cosine", "onecycle", "plateau", "none", default="cosine")
+    warmup_epochs: float = _range(0.0, 0.0)
+    lr_min: float = _range(0.0, 0.0)
+    max_lr: float | None = None  # onecycle peak; default lr
+    pct_start: float = _range(0.3, 0.0, 1.0)
+    lr_patience: int = _range(2, 0)
+    lr_factor: float = _range(0.5, 0.0, 1.0, lo_open=True)
+    ema_decay: float | None = _range(0.999, 0.0, 1.0)  # None: no EMA
+    amp: str = _choices("auto", "bf16", "fp16", "off", default="auto")  # auto: bf16/fp16 on CUDA, off on CPU
+    grad_clip: float | None = _range(1.0, 0.0, lo_open=True)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = _range(10, 1)  # optimiser steps between logged metrics (the only host syncs)
+    run_dir: str = "runs/train"
+    checkpoint_every: int = _range(1, 1)  # epochs
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float, list -> tuple)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list like {[_type_name(a) for a in args]}, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{key} must be of type {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_meta(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        close = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{key} must be one of {list(meta['choices'])}, got {value!r}{hint}")
+    if "range" in meta and value is not None:
+        lo, hi, lo_open = meta["range"]
+        if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
+            left = "(" if lo_open else "["
+            raise ConfigError(f"{key} must be in {left}{lo}, {hi if hi is not None else 'inf'}], got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"section {prefix.rstrip('.') or 'top level'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown key '{prefix}{key}'; allowed keys are {sorted(fields)}{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{prefix}{key}.")
+            continue
+        v = _coerce(f"{prefix}{key}", value, tp)
+        _check_meta(f"{prefix}{key}", v, fields[key].metadata)
+        kwargs[key] = v
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data or {}, "")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"training.lr=1e-3"`` -> (["training", "lr"], 0.001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} not found")
+        data = yaml.safe_load(p.read_text()) or {}
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: '{k}' is not a section")
+        node[keys[-1]] = value
+    return config_from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from ..data.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return [_plain(v) for v in obj]
+    return obj

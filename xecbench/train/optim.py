@@ -1,0 +1,85 @@
+"""Optimisers and learning-rate schedules, built from :class:`.config.TrainingConfig`.
+
+Schedules count *optimiser* steps (one per accumulation group), ``steps_per_epoch`` of them per
+epoch, so fractional epochs are ``step / steps_per_epoch``:
+
+* ``cosine``: linear warmup, then cosine decay to ``lr_min``. The learning rate of optimiser step
+  ``s`` (from 0) is ``lr * (s + 1) / W`` for ``s < W = round(warmup_epochs * steps_per_epoch)``, else
+  ``lr_min + 0.5 (lr - lr_min)(1 + cos(pi (e - w) / (E - w)))`` with ``e = s / steps_per_epoch``,
+  ``w = W / steps_per_epoch`` and ``E = epochs``. A ``LambdaLR``.
+* ``onecycle``: PyTorch's ``OneCycleLR`` with ``max_lr`` (default ``lr``), ``pct_start`` and
+  ``total_steps = steps_per_epoch * epochs``.
+* ``plateau``: ``ReduceLROnPlateau`` on the validation loss (``lr_patience``, ``lr_factor``, floor
+  ``lr_min``), stepped once per validation.
+* ``none``: a fixed learning rate.
+
+Learning-rate-free optimisers: Schedule-Free AdamW (``schedulefree``; no scheduler, its own warmup
+of ``warmup_epochs``) and D-Adaptation Adam (``dadaptation``; ``lr`` is a multiplier, keep 1.0;
+decoupled weight decay).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
+
+from .config import ConfigError, TrainingConfig
+
+
+def cosine_factor(step: int, steps_per_epoch: int, cfg: TrainingConfig) -> float:
+    """Learning rate of optimiser step ``step`` divided by ``cfg.lr`` (see the module docstring)."""
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    e, w, total = step / steps_per_epoch, warm / steps_per_epoch, cfg.epochs
+    progress = min(max((e - w) / max(total - w, 1e-12), 0.0), 1.0)
+    lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
+    return lr / cfg.lr
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], cfg: TrainingConfig, steps_per_epoch: int
+) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    if cfg.optimizer == "schedulefree_adamw":
+        import schedulefree
+
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        return schedulefree.AdamWScheduleFree(params, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=warmup)
+    if cfg.optimizer == "dadapt_adam":
+        import dadaptation
+
+        return dadaptation.DAdaptAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decouple=True)
+    raise ConfigError(
+        f"training.optimizer must be one of ['adamw', 'schedulefree_adamw', 'dadapt_adam'], got {cfg.optimizer!r}"
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainingConfig, steps_per_epoch: int
+) -> LRScheduler | ReduceLROnPlateau | None:
+    """The scheduler, or None. Step ``LRScheduler``s after every optimiser step and
+    ``ReduceLROnPlateau`` with the validation loss after every validation."""
+    if cfg.optimizer == "schedulefree_adamw":
+        if cfg.scheduler != "none":
+            raise ConfigError(
+                f"training.scheduler must be 'none' with training.optimizer=schedulefree_adamw (it schedules "
+                f"itself; use warmup_epochs), got {cfg.scheduler!r}"
+            )
+        return None
+    if cfg.scheduler == "cosine":
+        return LambdaLR(optimizer, lambda s: cosine_factor(s, steps_per_epoch, cfg))
+    if cfg.scheduler == "onecycle":
+        return OneCycleLR(
+            optimizer, max_lr=cfg.max_lr or cfg.lr, total_steps=steps_per_epoch * cfg.epochs, pct_start=cfg.pct_start
+        )
+    if cfg.scheduler == "plateau":
+        return ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.lr_min
+        )
+    return None

@@ -1,0 +1,27 @@
+"""Build everything a config describes and train it: the entry point of ``xecbench train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Config, save_config
+from .distributed import init_distributed
+from .loop import Callback, Trainer, resolve_device
+from .tasks import build_datasets, build_model, build_task
+
+
+def make_trainer(cfg: Config, callbacks: list[Callback] | None = None) -> Trainer:
+    """Model, task, data and trainer for ``cfg`` (joins a torchrun process group if there is one)."""
+    dist = init_distributed(str(resolve_device(cfg.training.device)))
+    train, val = build_datasets(cfg)
+    model = build_model(cfg.model)
+    return Trainer(model, build_task(cfg.model), train, val, cfg.training, callbacks or [], cfg, dist)
+
+
+def run_training(cfg: Config, resume: str | Path | None = None, callbacks: list[Callback] | None = None) -> Trainer:
+    """Train as configured; the run directory gets ``config.yaml``, metrics and ``checkpoint.pt``."""
+    trainer = make_trainer(cfg, callbacks)
+    if trainer.dist.is_main:
+        save_config(cfg, Path(cfg.training.run_dir) / "config.yaml")
+    trainer.fit(resume=resume)
+    return trainer

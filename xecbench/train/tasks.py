@@ -1,0 +1,85 @@
+"""What a training step computes, per task, and how a config becomes a model and data sets.
+
+A *task* is a callable ``task(model, batch) -> (loss, loss_per_face)``; the :class:`.loop.Trainer`
+calls it on every micro-batch. Masks are drawn from the global torch RNG, so a resumed run that
+restores the RNG state draws the same masks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..data import EventDataset, Normalizer, SimConfig, load_events, simulate
+from ..geometry import N_CHANNELS
+from ..nn import XECMAE, MAEConfig, XECInpainter, encoder_config, random_mask
+from .checkpoint import inference_weights, load_checkpoint
+from .config import Config, ModelConfig
+
+Task = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def mae_task(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    out = model(batch["x"], batch["valid"], batch["time_valid"])
+    return out.loss, out.loss_per_face
+
+
+def inpaint_task(mask_ratio: float) -> Task:
+    """Hide ``mask_ratio`` of the valid sensors (plus the dead ones) and score the hidden valid ones."""
+    capacity = math.ceil(mask_ratio * N_CHANNELS) + 64  # hidden valid sensors fit with room to spare
+
+    def task(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mask = random_mask(batch["valid"], mask_ratio)
+        out = model(batch["x"], batch["valid"], batch["time_valid"], mask | ~batch["valid"], capacity=capacity)
+        return out.loss, out.loss_per_face
+
+    return task
+
+
+def build_model(mcfg: ModelConfig) -> nn.Module:
+    overrides = {"posenc": mcfg.posenc, "hex_op": mcfg.hex_op}
+    if mcfg.token_dim is not None:
+        overrides["token_dim"] = mcfg.token_dim
+    enc = encoder_config(mcfg.preset, **overrides)
+    mae = XECMAE(
+        MAEConfig(encoder=enc, mask_ratio=mcfg.mask_ratio, loss=mcfg.loss, channel_weights=mcfg.channel_weights)
+    )
+    if mcfg.task == "mae":
+        return mae
+    if mcfg.init_from:
+        state = load_checkpoint(mcfg.init_from)
+        mae.load_state_dict(inference_weights(state))
+    return XECInpainter(mae.encoder, head_width=mcfg.head_width, freeze_encoder=mcfg.freeze_encoder, loss=mcfg.loss)
+
+
+def build_task(mcfg: ModelConfig) -> Task:
+    return mae_task if mcfg.task == "mae" else inpaint_task(mcfg.inpaint_mask_ratio)
+
+
+def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
+    """Training and validation sets from ``cfg.data``: simulated (validation from another seed) or a
+    file (validation from ``val_source``, else the last ``n_val`` events of ``source``)."""
+    d = cfg.data
+    norm = Normalizer(d.npho_scheme, d.npho_scale, d.npho_scale2, d.time_scale, d.time_shift)
+    if d.source == "simulate":
+        sim = SimConfig(spectrum=d.spectrum, random_dead_fraction=d.random_dead_fraction)
+        train = simulate(d.n_train, seed=d.seed, config=sim)
+        val = simulate(d.n_val, seed=d.seed + 1_000_003, config=replace(sim))
+        return EventDataset(train, norm), EventDataset(val, norm)
+    events = load_events(d.source)
+    if d.val_source:
+        val = load_events(d.val_source)
+    else:
+        n = len(events["npho"])
+        if n < 2:
+            raise ValueError(f"data.source {d.source} has {n} events; need at least 2 to split off validation")
+        n_val = min(d.n_val, n // 2)
+        val = {k: v[n - n_val :] for k, v in events.items()}
+        events = {k: v[: n - n_val] for k, v in events.items()}
+    train = {k: v[: d.n_train] for k, v in events.items()}
+    return EventDataset(train, norm), EventDataset(val, norm)
