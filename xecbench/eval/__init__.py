@@ -1,7 +1,7 @@
 """Evaluation: classical inpainting baselines and residual metrics."""
 
-from .compare import compare_inpainting, format_table
 from .baselines import estimate_source, neighbour_average, solid_angle_estimate, solid_angles
+from .compare import compare_inpainting, format_table
 from .metrics import metrics_by_face, residual_stats
 
 __all__ = [
