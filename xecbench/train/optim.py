@@ -20,6 +20,8 @@ decoupled weight decay).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections.abc import Iterable
 
@@ -54,7 +56,8 @@ def build_optimizer(
     if cfg.optimizer == "dadapt_adam":
         import dadaptation
 
-        return dadaptation.DAdaptAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decouple=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a line on construction
+            return dadaptation.DAdaptAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decouple=True)
     raise ConfigError(
         f"training.optimizer must be one of ['adamw', 'schedulefree_adamw', 'dadapt_adam'], got {cfg.optimizer!r}"
     )

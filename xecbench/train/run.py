@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .config import Config, save_config
 from .distributed import init_distributed
-from .loop import Callback, Trainer, resolve_device
+from .loop import Callback, Trainer, resolve_device, seed_everything
 from .tasks import build_datasets, build_model, build_task
 
 
@@ -14,6 +14,7 @@ def make_trainer(cfg: Config, callbacks: list[Callback] | None = None) -> Traine
     """Model, task, data and trainer for ``cfg`` (joins a torchrun process group if there is one)."""
     dist = init_distributed(str(resolve_device(cfg.training.device)))
     train, val = build_datasets(cfg)
+    seed_everything(cfg.training.seed)  # the initial weights depend on the seed, nothing else
     model = build_model(cfg.model)
     return Trainer(model, build_task(cfg.model), train, val, cfg.training, callbacks or [], cfg, dist)
 

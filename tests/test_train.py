@@ -1,0 +1,428 @@
+"""The training loop against independent references: hand-computed gradients, the EMA and schedule
+formulas, an uninterrupted run for resume, and a single process for DDP."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import Dataset
+
+from xecbench.train import (
+    Config,
+    ConfigError,
+    NonFiniteLossError,
+    Trainer,
+    TrainingConfig,
+    build_optimizer,
+    build_scheduler,
+    load_checkpoint,
+    load_config,
+    run_training,
+)
+from xecbench.train.distributed import DistInfo
+
+# record_steps wraps optimizer.step, which PyTorch's scheduler notices and warns about
+pytestmark = pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+
+
+class ToyData(Dataset):
+    """y = x . w_true + noise, as dict items like the real datasets."""
+
+    def __init__(self, n: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1 * torch.randn(n, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def toy_task(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+    loss = ((model(batch["x"]).squeeze(-1) - batch["y"]) ** 2).mean()
+    return loss, {}
+
+
+def toy_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+
+def toy_cfg(tmp_path: Path, **kw) -> TrainingConfig:
+    base = dict(
+        batch_size=8,
+        epochs=1,
+        lr=0.01,
+        scheduler="none",
+        ema_decay=None,
+        grad_clip=None,
+        log_every=1,
+        run_dir=str(tmp_path / "run"),
+        progress=False,
+        weight_decay=0.0,
+    )
+    base.update(kw)
+    return TrainingConfig(**base)
+
+
+def record_steps(trainer: Trainer) -> list[dict]:
+    """Wrap optimizer.step to record grads, params before/after and the lr of every optimiser step."""
+    log: list[dict] = []
+    original = trainer.optimizer.step
+
+    def step(*a, **k):
+        params = list(trainer.model.parameters())
+        entry = {
+            "grads": [p.grad.clone() for p in params],
+            "before": [p.detach().clone() for p in params],
+            "lr": trainer.optimizer.param_groups[0]["lr"],
+        }
+        out = original(*a, **k)
+        entry["after"] = [p.detach().clone() for p in params]
+        log.append(entry)
+        return out
+
+    trainer.optimizer.step = step
+    return log
+
+
+def batch_grads(model: nn.Module, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """Reference: the gradient of the mean loss over (x, y) at the given parameter values."""
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), params):
+            p.copy_(v)
+    model.zero_grad()
+    ((model(x).squeeze(-1) - y) ** 2).mean().backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+# ---------------------------------------------------------------------------------- accumulation
+
+
+def test_accumulating_n_micro_batches_equals_one_big_batch(tmp_path):
+    data = ToyData(32)
+    big = Trainer(toy_model(), toy_task, data, None, toy_cfg(tmp_path, batch_size=32))
+    small = Trainer(toy_model(), toy_task, data, None, toy_cfg(tmp_path, batch_size=8, grad_accum_steps=4))
+    log_big, log_small = record_steps(big), record_steps(small)
+    big.fit()
+    small.fit()
+    assert len(log_big) == len(log_small) == 1
+    for a, b in zip(log_big[0]["grads"], log_small[0]["grads"]):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_leftover_group_steps_with_its_true_size(tmp_path):
+    data = ToyData(80)  # 10 batches of 8, accumulation 4 -> groups of 4, 4, 2
+    tr = Trainer(toy_model(), toy_task, data, None, toy_cfg(tmp_path, grad_accum_steps=4))
+    log = record_steps(tr)
+    tr.fit()
+    assert len(log) == 3 and tr.step == 3
+    order = list(tr.sampler)  # the epoch's sample order
+    ref_model = toy_model()
+    for k, (first, last) in enumerate([(0, 32), (32, 64), (64, 80)]):
+        idx = torch.tensor(order[first:last])
+        # groups of equal-size micro-batches: the group mean equals the mean over its samples
+        ref = batch_grads(ref_model, log[k]["before"], data.x[idx], data.y[idx])
+        for a, b in zip(log[k]["grads"], ref):
+            assert torch.allclose(a, b, atol=1e-6), k
+
+
+# ------------------------------------------------------------------------------------------ EMA
+
+
+def test_ema_follows_the_formula(tmp_path):
+    d = 0.9
+    tr = Trainer(toy_model(), toy_task, ToyData(40), None, toy_cfg(tmp_path, ema_decay=d, epochs=2))
+    log = record_steps(tr)
+    tr.fit()
+    ema = None
+    for entry in log:  # first update copies, then e = d e + (1 - d) theta
+        theta = entry["after"]
+        ema = [t.clone() for t in theta] if ema is None else [d * e + (1 - d) * t for e, t in zip(ema, theta)]
+    for e, p in zip(ema, tr.ema.module.parameters()):
+        assert torch.allclose(e, p, atol=1e-6)
+    # and the checkpoint exports the EMA weights for inference
+    from xecbench.train import inference_weights
+
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    w = inference_weights(state)
+    assert torch.allclose(w["0.weight"], tr.ema.module.state_dict()["0.weight"])
+    assert not torch.allclose(w["0.weight"], state["model"]["0.weight"])
+
+
+# ------------------------------------------------------------------------------------ schedules
+
+
+def test_cosine_schedule_with_warmup_matches_formula(tmp_path):
+    cfg = toy_cfg(tmp_path, scheduler="cosine", lr=0.1, lr_min=0.01, warmup_epochs=1.0, epochs=4)
+    tr = Trainer(toy_model(), toy_task, ToyData(24), None, cfg)  # 3 batches -> 3 steps per epoch
+    log = record_steps(tr)
+    tr.fit()
+    spe, W = 3, 3
+    expected = []
+    for s in range(12):
+        if s < W:
+            expected.append(0.1 * (s + 1) / W)
+        else:
+            t = (s / spe - 1.0) / (4 - 1.0)
+            expected.append(0.01 + 0.5 * (0.1 - 0.01) * (1 + math.cos(math.pi * t)))
+    assert [e["lr"] for e in log] == pytest.approx(expected, rel=1e-9)
+
+
+def test_onecycle_counts_optimiser_steps_with_a_leftover_group(tmp_path):
+    # 10 batches with accumulation 4: 3 optimiser steps per epoch (the last group is short)
+    cfg = toy_cfg(tmp_path, scheduler="onecycle", lr=0.1, max_lr=0.2, pct_start=0.3, grad_accum_steps=4, epochs=3)
+    tr = Trainer(toy_model(), toy_task, ToyData(80), None, cfg)
+    log = record_steps(tr)
+    tr.fit()  # would raise if OneCycleLR were stepped past total_steps
+    total = 9
+    initial, peak, floor = 0.2 / 25, 0.2, 0.2 / 25 / 1e4
+    up = 0.3 * total - 1
+
+    def anneal(a, b, t):
+        return b + (a - b) / 2 * (1 + math.cos(math.pi * t))
+
+    expected = [
+        anneal(initial, peak, s / up) if s <= up else anneal(peak, floor, (s - up) / (total - 1 - up))
+        for s in range(total)
+    ]
+    assert [e["lr"] for e in log] == pytest.approx(expected, rel=1e-6)
+
+
+def test_plateau_and_none(tmp_path):
+    cfg = toy_cfg(tmp_path, scheduler="plateau", lr=1.0, lr_patience=1, lr_factor=0.5, lr_min=0.3)
+    opt = build_optimizer(toy_model().parameters(), cfg, 1)
+    sched = build_scheduler(opt, cfg, 1)
+    lrs = []
+    for val_loss in [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]:
+        sched.step(val_loss)
+        lrs.append(opt.param_groups[0]["lr"])
+    # best 0.9 at epoch 2; two epochs without improvement (> patience 1) halve, with floor 0.3
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5, 0.3, 0.3, 0.3])
+    cfg = toy_cfg(tmp_path, scheduler="none", lr=0.05, epochs=2)
+    tr = Trainer(toy_model(), toy_task, ToyData(16), None, cfg)
+    log = record_steps(tr)
+    tr.fit()
+    assert [e["lr"] for e in log] == [0.05] * 4
+
+
+def test_plateau_steps_on_validation_loss(tmp_path, monkeypatch):
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    seen = []
+    original = ReduceLROnPlateau.step
+    monkeypatch.setattr(ReduceLROnPlateau, "step", lambda self, m, *a: (seen.append(m), original(self, m, *a))[1])
+    cfg = toy_cfg(tmp_path, scheduler="plateau", lr=1.0, lr_patience=0, lr_factor=0.5, epochs=3)
+    tr = Trainer(toy_model(), toy_task, ToyData(16), ToyData(8, seed=1), cfg)
+    tr.fit()
+    epochs = [r for r in tr.history if r["kind"] == "epoch"]
+    assert seen == [r["val_loss"] for r in epochs]
+
+
+# ---------------------------------------------------------------------------- optimiser modes
+
+
+def test_schedulefree_switches_to_eval_for_validation_and_checkpoints(tmp_path):
+    cfg = toy_cfg(tmp_path, optimizer="schedulefree_adamw", scheduler="none", lr=0.01, epochs=2)
+    tr = Trainer(toy_model(), toy_task, ToyData(16), ToyData(8, seed=1), cfg)
+    modes = []
+    original_eval = tr.evaluate
+    tr.evaluate = lambda *a, **k: (modes.append(tr.optimizer.param_groups[0]["train_mode"]), original_eval(*a, **k))[1]
+    tr.fit()
+    assert modes == [False, False]  # validated in eval mode
+    assert tr.optimizer.param_groups[0]["train_mode"] is True  # back to train mode afterwards
+    with pytest.raises(ConfigError, match="scheduler must be 'none' with training.optimizer=schedulefree_adamw"):
+        Trainer(
+            toy_model(),
+            toy_task,
+            ToyData(16),
+            None,
+            toy_cfg(tmp_path, optimizer="schedulefree_adamw", scheduler="cosine"),
+        )
+
+
+def test_dadaptation_adapts_its_step_size(tmp_path, capsys):
+    cfg = toy_cfg(tmp_path, optimizer="dadapt_adam", lr=1.0, epochs=3, weight_decay=0.01)
+    tr = Trainer(toy_model(), toy_task, ToyData(64), ToyData(32, seed=1), cfg)
+    group = tr.optimizer.param_groups[0]
+    assert type(tr.optimizer).__name__ == "DAdaptAdam" and group["decouple"] and group["lr"] == 1.0
+    assert group["d"] == pytest.approx(1e-6)
+    tr.fit()
+    assert group["d"] > 1e-3  # the step size was estimated, not given
+    assert all(math.isfinite(r["loss"]) for r in tr.history if r["kind"] == "step")
+    assert capsys.readouterr().out == ""  # the package's constructor print is kept out of notebooks
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    model = toy_model()
+    dtypes = []
+    model[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    tr = Trainer(model, toy_task, ToyData(16), None, toy_cfg(tmp_path, amp="bf16"))
+    assert tr.amp_dtype == torch.bfloat16 and not tr.scaler.is_enabled()
+    tr.fit()
+    assert dtypes and all(d == torch.bfloat16 for d in dtypes)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert Trainer(toy_model(), toy_task, ToyData(8), None, toy_cfg(tmp_path)).amp_dtype is None  # auto: off on CPU
+
+
+# ------------------------------------------------------------------------------ failure & files
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def bad_task(model, batch):
+        calls["n"] += 1
+        loss, faces = toy_task(model, batch)
+        return (loss * float("nan") if calls["n"] == 7 else loss), faces
+
+    tr = Trainer(toy_model(), bad_task, ToyData(32), None, toy_cfg(tmp_path, epochs=3, log_every=100))
+    with pytest.raises(
+        NonFiniteLossError, match=r"optimiser step 7 \(epoch 2\); last good checkpoint: .*checkpoint.pt"
+    ):
+        tr.fit()
+
+
+def test_metrics_files_and_callbacks(tmp_path):
+    seen = []
+    tr = Trainer(
+        toy_model(),
+        toy_task,
+        ToyData(16),
+        ToyData(8, seed=1),
+        toy_cfg(tmp_path, epochs=2),
+        callbacks=[lambda kind, trainer, row: seen.append((kind, row["step"]))],
+    )
+    tr.fit()
+    assert seen == [("step", 1), ("step", 2), ("epoch", 2), ("step", 3), ("step", 4), ("epoch", 4)]
+    run = tmp_path / "run"
+    import csv
+    import json
+
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and "val_loss" in rows[0]
+    assert len(json.loads((run / "metrics.json").read_text())) == 6
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.csv", "metrics.json"]
+
+
+# -------------------------------------------------------------------------------------- resume
+
+
+def _mae_config(tmp_path: Path, epochs: int, run: str) -> Config:
+    return load_config(
+        "configs/mae_tiny.yaml",
+        [
+            f"training.epochs={epochs}",
+            "data.n_train=48",
+            "data.n_val=16",
+            "training.batch_size=16",
+            "training.log_every=1",
+            f"training.run_dir={tmp_path / run}",
+            "training.progress=false",
+            "training.warmup_epochs=1",
+            "training.ema_decay=0.9",
+        ],
+    )
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    straight = run_training(_mae_config(tmp_path, 3, "a"))
+    run_training(_mae_config(tmp_path, 1, "b"))  # stops after epoch 1 and leaves a checkpoint
+    resumed = run_training(_mae_config(tmp_path, 3, "b"), resume=tmp_path / "b" / "checkpoint.pt")
+    assert [r for r in resumed.history] == [r for r in straight.history]
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------- config
+
+
+def test_bad_config_errors_name_the_key(tmp_path):
+    cases = {
+        "training.lr_mn=1": r"unknown key 'training.lr_mn'.*did you mean 'training.lr_min'\?",
+        "training.scheduler=cosin": (
+            r"training.scheduler must be one of \['cosine', 'onecycle', 'plateau', 'none'\].*did you mean 'cosine'"
+        ),
+        "training.lr=fast": r"training.lr must be of type float, got 'fast'",
+        "training.lr=0": r"training.lr must be in \(0.0, inf\], got 0.0",
+        "training.batch_size=0": r"training.batch_size must be in \[1, inf\]",
+        "training.epochs=1.5": r"training.epochs must be of type int",
+        "model.mask_ratio=1.5": r"model.mask_ratio must be in \[0.0, 1.0\]",
+        "model.posenc=relative": r"model.posenc must be one of .*'rope', 'alibi'",
+        "trainin.lr=1": r"unknown key 'trainin'.*did you mean 'training'",
+        "model.channel_weights=[1]": r"model.channel_weights must have 2 values",
+        "training.optimizer=sgd": r"training.optimizer must be one of \['adamw', 'schedulefree_adamw', 'dadapt_adam'\]",
+        "training": r"override 'training' must look like section.key=value",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [override])
+    cfg = load_config(None, ["training.lr=1e-3", "training.ema_decay=null", "model.channel_weights=[1, 0.5]"])
+    assert cfg.training.lr == 1e-3 and cfg.training.ema_decay is None and cfg.model.channel_weights == (1.0, 0.5)
+    with pytest.raises(ConfigError, match="training.amp='fp16' needs CUDA"):
+        Trainer(toy_model(), toy_task, ToyData(8), None, toy_cfg(tmp_path, amp="fp16"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="training.device='cuda' but CUDA is not available"):
+            Trainer(toy_model(), toy_task, ToyData(8), None, toy_cfg(tmp_path, device="cuda"))
+    with pytest.raises(FileNotFoundError, match="config file nope.yaml not found"):
+        load_config("nope.yaml")
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(root.glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.model.task in ("mae", "inpaint"), path
+
+
+# ---------------------------------------------------------------------------------------- DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    cfg = toy_cfg(Path(out), batch_size=4, grad_accum_steps=2, epochs=2, lr=0.05)
+    tr = Trainer(toy_model(), toy_task, ToyData(32), None, cfg, dist_info=DistInfo(rank, world, rank))
+    tr.fit()
+    torch.save([p.detach() for p in tr.model.parameters()], Path(out) / f"params_{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_equal_one_process(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    p0 = torch.load(tmp_path / "params_0.pt")
+    p1 = torch.load(tmp_path / "params_1.pt")
+    # one process, global batch of 2 x 4 per micro-batch, the same sample order
+    single = Trainer(
+        toy_model(),
+        toy_task,
+        ToyData(32),
+        None,
+        toy_cfg(tmp_path / "single", batch_size=8, grad_accum_steps=2, epochs=2, lr=0.05),
+    )
+    single.fit()
+    for a, b, c in zip(p0, p1, single.model.parameters()):
+        assert torch.equal(a, b)  # ranks stay in sync
+        assert torch.allclose(a, c.detach(), atol=1e-6)
+    # rank 0 alone wrote the checkpoint and metrics
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
