@@ -33,7 +33,7 @@ def test_display_writes_a_png(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "xecbench.cli", "demo", "--steps", "8", "--events", "256", "--out", str(tmp_path)],
+        [sys.executable, "-m", "xecbench.cli", "demo", "--epochs", "2", "--events", "128", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -41,7 +41,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "[4/4]" in r.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["steps"] == 8
+    assert summary["steps"] == 8  # 2 epochs of 128 events at batch 32
     assert summary["train_loss"][-1] < summary["train_loss"][0]  # it learns something in 8 steps
     for name in summary["figures"]:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

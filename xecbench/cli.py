@@ -10,7 +10,7 @@ from pathlib import Path
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, seconds=args.seconds, max_steps=args.steps, n_train=args.events, seed=args.seed)
+    run_demo(args.out, epochs=args.epochs, n_train=args.events, seed=args.seed)
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -119,8 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulate, pretrain a tiny MAE on CPU, draw a reconstruction")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--seconds", type=float, default=60.0, help="training time budget (default 60)")
-    d.add_argument("--steps", type=int, default=None, help="train for exactly this many steps instead")
+    d.add_argument("--epochs", type=int, default=4, help="training epochs (default 4, about a minute)")
     d.add_argument("--events", type=int, default=2048, help="training events to simulate")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)

@@ -137,7 +137,14 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        """The learning rate the last step used: ``lr`` for scheduled optimisers, Schedule-Free's
+        warmed-up ``scheduled_lr``, D-Adaptation's ``lr * d`` (its estimated step size)."""
+        group = self.optimizer.param_groups[0]
+        if "scheduled_lr" in group:
+            return float(group["scheduled_lr"])
+        if "d" in group:
+            return float(group["lr"] * group["d"])
+        return float(group["lr"])
 
     # ---------------------------------------------------------------------------------- training
     def train_epoch(self) -> dict[str, Any]:
