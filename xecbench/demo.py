@@ -97,7 +97,7 @@ def run_demo(
     fig.savefig(out / "reconstruction_event.png", dpi=110)
     summary = {
         "steps": trainer.step,
-        "train_loss": [r["loss"] for r in trainer.history if r["kind"] == "step"],
+        "train_loss": [r["train_loss"] for r in trainer.history if r["kind"] == "epoch"],
         "val_loss": final["val_loss"],
         "val_ema_loss": final["val_ema_loss"],
         "seconds": time.time() - t0,
