@@ -15,7 +15,7 @@ def test_neighbour_average_on_a_flat_and_a_linear_event():
     est, ok = neighbour_average(flat, usable)
     assert ok.all() and torch.allclose(est, flat)
     # a field linear in z on the inner face: an interior sensor's 8 neighbours are symmetric in z
-    z = torch.as_tensor(geo.sensor_positions()[:, 2])[None]
+    z = torch.tensor(geo.sensor_positions()[:, 2])[None]
     est, _ = neighbour_average(3.0 * z + 50.0, usable, radius=2.2, max_k=8)
     i = 2010  # row 45, column 30: interior, all neighbours usable
     assert est[0, i].item() == pytest.approx(3.0 * z[0, i].item() + 50.0, abs=1e-9)

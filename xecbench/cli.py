@@ -93,8 +93,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.out:
         from .data.io import atomic_path
 
+        tables = {k: v for k, v in result.items() if k in ("raw", "normalised")}
         with atomic_path(args.out) as tmp:
-            tmp.write_text(json.dumps(result, indent=1))
+            tmp.write_text(json.dumps(tables, indent=1))
         print(f"\nwrote {args.out}")
 
 
@@ -103,6 +104,30 @@ def replace_init(model_cfg):
     from dataclasses import replace
 
     return replace(model_cfg, init_from=None)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from .sweep import parse_values, run_sweep, summarize
+
+    if args.summarize:
+        csv_path, png = summarize(args.summarize, args.metric)
+        print(f"wrote {csv_path}" + (f" and {png}" if png else ""))
+        return
+    if not args.notebook or not args.out:
+        sys.exit("xecbench sweep: give NOTEBOOK -p name v1,v2 ... --out DIR, or --summarize DIR")
+    space = {}
+    for name, values in args.p:
+        space[name] = parse_values(values)
+    results = run_sweep(args.notebook, space, args.out, timeout=args.timeout)
+    failed = [r for r in results if r.status == "failed"]
+    print(
+        f"{len(results)} points: {sum(r.status == 'done' for r in results)} run, "
+        f"{sum(r.status == 'skipped' for r in results)} skipped, {len(failed)} failed"
+    )
+    for r in failed:
+        print(f"  failed {r.folder.name}: {r.error}")
+    if failed:
+        sys.exit(1)
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -159,6 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mask-ratio", type=float, default=None, help="default: the model's inpaint_mask_ratio")
     e.add_argument("--out", default=None, help="write the full result as JSON")
     e.set_defaults(func=_evaluate)
+
+    w = sub.add_parser("sweep", help="run a notebook over a parameter grid with papermill, or summarize one")
+    w.add_argument("notebook", nargs="?", help="the notebook (its first cell tagged 'parameters')")
+    w.add_argument(
+        "-p",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUES"),
+        help="a parameter and comma-separated values, e.g. -p lr 1e-3,3e-3 (repeatable)",
+    )
+    w.add_argument("--out", help="sweep folder: one subfolder per point")
+    w.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    w.add_argument("--summarize", metavar="DIR", help="write DIR/summary.csv and summary.png")
+    w.add_argument("--metric", default=None, help="metric to plot with --summarize")
+    w.set_defaults(func=_sweep)
 
     i = sub.add_parser("info", help="print the detector layout")
     i.set_defaults(func=_info)

@@ -14,39 +14,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # the demo writes files; it never opens a window
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from .data import EventDataset  # noqa: E402
-from .nn import XECMAE, count_parameters  # noqa: E402
+from .eval import reconstruct  # noqa: E402
+from .nn import count_parameters  # noqa: E402
 from .train import load_config, make_trainer  # noqa: E402
 from .viz import event_display, face_panels  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mae_tiny.yaml"
-
-
-def reconstruct(model: XECMAE, dataset: EventDataset, index: int, mask_ratio: float, seed: int = 0) -> dict:
-    """Mask one event at ``mask_ratio`` and reconstruct it. Returns raw ``(4760,)`` npho arrays:
-    ``truth`` (NaN where dead), ``masked_input`` (NaN where hidden or dead), ``reconstruction``
-    (the model at hidden sensors, the input elsewhere), and the ``mask`` and ``dead`` booleans."""
-    item = dataset[index : index + 1]
-    g = torch.Generator().manual_seed(seed)
-    model.eval()
-    with torch.no_grad():
-        out = model(item["x"], item["valid"], item["time_valid"], mask_ratio=mask_ratio, generator=g)
-    norm = dataset.normalizer
-    truth = norm.npho_inverse(item["x"][0, :, 0].double()).numpy()
-    pred = norm.npho_inverse(out.pred[0, :, 0].double()).clamp(min=0).numpy()
-    mask = out.mask[0].numpy()
-    dead = ~item["valid"][0].numpy()
-    truth[dead] = np.nan
-    return {
-        "truth": truth,
-        "masked_input": np.where(mask, np.nan, truth),
-        "reconstruction": np.where(mask, pred, truth),
-        "mask": mask,
-        "dead": dead,
-    }
 
 
 def run_demo(

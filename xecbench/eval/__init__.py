@@ -3,6 +3,7 @@
 from .baselines import estimate_source, neighbour_average, solid_angle_estimate, solid_angles
 from .compare import compare_inpainting, format_table
 from .metrics import metrics_by_face, residual_stats
+from .reconstruct import reconstruct
 
 __all__ = [
     "compare_inpainting",
@@ -10,6 +11,7 @@ __all__ = [
     "estimate_source",
     "metrics_by_face",
     "neighbour_average",
+    "reconstruct",
     "residual_stats",
     "solid_angle_estimate",
     "solid_angles",

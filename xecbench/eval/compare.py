@@ -21,7 +21,8 @@ def compare_inpainting(
     model: nn.Module, data: EventDataset, mask_ratio: float = 0.05, seed: int = 0, batch_size: int = 64
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """Returns ``{units: {method: {face: stats}}}`` with units ``normalised`` / ``raw`` and methods
-    ``model``, ``neighbour_average``, ``solid_angle``. npho only (the quantity every sensor has)."""
+    ``model``, ``neighbour_average``, ``solid_angle``, plus ``residuals_normalised``: ``{method: (n,)}``
+    residuals at every scored sensor. npho only (the quantity every sensor has)."""
     g = torch.Generator().manual_seed(seed)
     norm = data.normalizer
     model.eval()
@@ -46,7 +47,8 @@ def compare_inpainting(
     out_raw = {m: metrics_by_face(torch.cat(p), truth, scored) for m, p in preds.items()}
     truth_n = norm.npho(truth)
     out_norm = {m: metrics_by_face(norm.npho(torch.cat(p).clamp(min=0)), truth_n, scored) for m, p in preds.items()}
-    return {"normalised": out_norm, "raw": out_raw}
+    residuals = {m: (norm.npho(torch.cat(p).clamp(min=0)) - truth_n)[scored].numpy() for m, p in preds.items()}
+    return {"normalised": out_norm, "raw": out_raw, "residuals_normalised": residuals}
 
 
 def format_table(result: dict[str, dict[str, dict[str, float]]], stat: str = "rmse") -> str:

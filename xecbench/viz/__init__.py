@@ -1,5 +1,21 @@
-"""Plots: single faces, the unfolded six-face event display, side-by-side comparisons."""
+"""Plots: single faces, the unfolded six-face event display, comparison panels, training curves, and
+the mask explorer widget."""
 
+from .curves import plot_attention, plot_face_bars, plot_loss_curves, plot_lr_curves, plot_residuals
 from .display import FaceArtists, draw_face, event_display, face_panels, flat_coords
+from .explorer import mask_explorer, render
 
-__all__ = ["FaceArtists", "draw_face", "event_display", "face_panels", "flat_coords"]
+__all__ = [
+    "FaceArtists",
+    "draw_face",
+    "event_display",
+    "face_panels",
+    "flat_coords",
+    "mask_explorer",
+    "plot_attention",
+    "plot_face_bars",
+    "plot_loss_curves",
+    "plot_lr_curves",
+    "plot_residuals",
+    "render",
+]

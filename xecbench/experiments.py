@@ -1,0 +1,79 @@
+"""Small experiment helpers the notebooks call: run config variants, tabulate them, write metrics.
+
+Every run goes through :func:`xecbench.train.run_training`, so a notebook comparison is the same
+training a command-line run or a sweep would do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import geometry as geo
+from .data.io import atomic_path
+from .train import Trainer, load_config, run_training
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def run_variants(
+    variants: dict[str, list[str]],
+    common: list[str] | None = None,
+    config: str | Path = CONFIGS / "mae_tiny.yaml",
+    run_root: str | Path = "runs/variants",
+) -> dict[str, Trainer]:
+    """Train one model per variant: ``variants[name]`` are ``key=value`` overrides on top of
+    ``config`` and ``common``. Each run writes into ``run_root/name``. Returns the trainers."""
+    out = {}
+    for name, overrides in variants.items():
+        cfg = load_config(config, [*(common or []), *overrides, f"training.run_dir={Path(run_root) / name}"])
+        out[name] = run_training(cfg)
+    return out
+
+
+def final_metrics(trainer: Trainer) -> dict[str, float]:
+    """The last epoch's numbers of a run."""
+    return {k: v for k, v in [r for r in trainer.history if r["kind"] == "epoch"][-1].items() if k != "kind"}
+
+
+def results_table(rows: dict[str, dict[str, float]], keys: list[str], digits: int = 4) -> str:
+    """A fixed-width text table: one row per run, one column per key (numbers to ``digits``
+    significant digits, so re-runs print the same text)."""
+    width = max(12, *(len(k) + 2 for k in keys))
+    name_w = max(len(n) for n in rows) + 2
+    lines = [" " * name_w + "".join(f"{k:>{width}}" for k in keys)]
+    for name, r in rows.items():
+        lines.append(f"{name:<{name_w}}" + "".join(f"{r[k]:>{width}.{digits}g}" for k in keys))
+    return "\n".join(lines)
+
+
+def best(rows: dict[str, dict[str, float]], key: str) -> tuple[str, float]:
+    """The run with the lowest ``key``."""
+    name = min(rows, key=lambda n: rows[n][key])
+    return name, rows[name][key]
+
+
+def per_face(row: dict[str, float], prefix: str = "val_loss_") -> dict[str, float]:
+    return {f: row[f"{prefix}{f}"] for f in geo.FACES}
+
+
+@torch.no_grad()
+def mean_fusion_attention(model: torch.nn.Module, batch: dict, layer: int = -1) -> np.ndarray:
+    """Face-to-face attention ``(6, 6)`` of one fusion layer, averaged over heads and events, for
+    an MAE at its configured mask ratio (row = query face, column = key face)."""
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    model(batch["x"], batch["valid"], batch["time_valid"], generator=g)
+    return model.encoder.fusion.attention_maps()[layer].mean(dim=(0, 1)).numpy()
+
+
+def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """``out_dir/metrics.json`` (atomic): what a papermill sweep collects from each point."""
+    path = Path(out_dir) / "metrics.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1, default=float))
+    return path

@@ -1,0 +1,85 @@
+"""Plots for the notebooks: learning-rate and loss curves, per-face bars, attention maps, residuals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from .. import geometry as geo
+
+
+def _rows(history: list[dict], kind: str) -> list[dict]:
+    return [r for r in history if r["kind"] == kind]
+
+
+def plot_lr_curves(histories: dict[str, list[dict]], steps_per_epoch: int | None = None) -> Figure:
+    """Learning rate of every logged optimiser step, one line per run (log scale)."""
+    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    for name, h in histories.items():
+        rows = _rows(h, "step")
+        x = np.array([r["step"] for r in rows], dtype=float)
+        if steps_per_epoch:
+            x = x / steps_per_epoch
+        ax.plot(x, [r["lr"] for r in rows], label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch" if steps_per_epoch else "optimiser step")
+    ax.set_ylabel("learning rate")
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Learning rate per optimiser step")
+    return fig
+
+
+def plot_loss_curves(histories: dict[str, list[dict]], key: str = "val_loss") -> Figure:
+    """Training loss per logged step (left) and ``key`` per epoch (right), one colour per run."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    for name, h in histories.items():
+        steps = _rows(h, "step")
+        line = a.plot([r["step"] for r in steps], [r["loss"] for r in steps], label=name, alpha=0.8)[0]
+        epochs = _rows(h, "epoch")
+        b.plot([r["epoch"] for r in epochs], [r[key] for r in epochs], "o-", color=line.get_color(), label=name)
+    a.set(xlabel="optimiser step", ylabel="training loss", yscale="log", title="Training loss")
+    b.set(xlabel="epoch", ylabel=key.replace("_", " "), yscale="log", title="Validation loss")
+    b.legend(fontsize=8)
+    return fig
+
+
+def plot_face_bars(table: dict[str, dict[str, float]], ylabel: str = "validation loss") -> Figure:
+    """Grouped bars: ``table[run][face]`` for the six faces."""
+    runs = list(table)
+    faces = list(geo.FACES)
+    fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
+    width = 0.8 / len(runs)
+    for k, run in enumerate(runs):
+        ax.bar(np.arange(len(faces)) + k * width, [table[run][f] for f in faces], width, label=run)
+    ax.set_xticks(np.arange(len(faces)) + 0.4 - width / 2, faces)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, ncol=3)
+    return fig
+
+
+def plot_attention(maps: dict[str, np.ndarray]) -> Figure:
+    """Face-to-face attention ``(6, 6)`` per run (rows attend to columns), averaged as given."""
+    n = len(maps)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), layout="constrained", squeeze=False)
+    for ax, (name, m) in zip(axes[0], maps.items()):
+        im = ax.imshow(m, vmin=0, vmax=1, cmap="magma")
+        ax.set_xticks(range(6), geo.FACES, rotation=90, fontsize=7)
+        ax.set_yticks(range(6), geo.FACES, fontsize=7)
+        ax.set_title(name, fontsize=9)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="attention weight")
+    return fig
+
+
+def plot_residuals(
+    residuals: dict[str, np.ndarray], bins: Sequence[float] | int = 60, xlabel: str = "residual"
+) -> Figure:
+    """Overlaid residual histograms, one per method."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
+    for name, r in residuals.items():
+        ax.hist(np.asarray(r), bins=bins, histtype="step", label=name, density=True)
+    ax.set(xlabel=xlabel, ylabel="density", yscale="log")
+    ax.legend(fontsize=8)
+    return fig
