@@ -77,3 +77,47 @@ def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, default=float))
     return path
+
+
+def accumulation_gap(model: torch.nn.Module, batch: dict, mask: torch.Tensor, n_micro: int) -> tuple[float, float]:
+    """Gradients of one MAE batch against ``n_micro`` equal micro-batches accumulated with loss / n.
+
+    Uses a fixed ``mask`` with the same number of hidden sensors per event and scores npho only, so
+    every micro-batch mean has the same weight. Returns (max |difference|, max |gradient|)."""
+
+    def grads(chunks: int) -> list[torch.Tensor]:
+        model.zero_grad()
+        for x, v, t, m in zip(*(batch[k].chunk(chunks) for k in ("x", "valid", "time_valid")), mask.chunk(chunks)):
+            out = model(x, v, t, mask=m)
+            (out.loss / chunks).backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    full, acc = grads(1), grads(n_micro)
+    gap = max(float((a - b).abs().max()) for a, b in zip(full, acc))
+    return gap, max(float(a.abs().max()) for a in full)
+
+
+def time_training_step(
+    model: torch.nn.Module, batch: dict, amp: torch.dtype | None, repeats: int = 3
+) -> tuple[float, float]:
+    """Seconds per MAE training step (best of ``repeats``) and the loss, with autocast to ``amp``
+    (None = fp32). The weights are restored afterwards."""
+    import copy
+    import time
+
+    saved = copy.deepcopy(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step costs the same, changes nothing
+    device = next(model.parameters()).device.type
+    best_s, loss = float("inf"), float("nan")
+    for _ in range(repeats):
+        g = torch.Generator().manual_seed(0)
+        t = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=amp or torch.float32, enabled=amp is not None):
+            out = model(batch["x"], batch["valid"], batch["time_valid"], generator=g)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        loss = float(out.loss.detach())
+        best_s = min(best_s, time.perf_counter() - t)
+    model.load_state_dict(saved)
+    return best_s, loss

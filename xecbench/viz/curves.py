@@ -61,11 +61,14 @@ def plot_face_bars(table: dict[str, dict[str, float]], ylabel: str = "validation
 
 
 def plot_attention(maps: dict[str, np.ndarray]) -> Figure:
-    """Face-to-face attention ``(6, 6)`` per run (rows attend to columns), averaged as given."""
+    """Face-to-face attention ``(6, 6)`` per run (rows attend to columns), one colour scale spanning
+    all runs (uniform attention would be 1/6 everywhere)."""
     n = len(maps)
+    lo = min(float(np.min(m)) for m in maps.values())
+    hi = max(float(np.max(m)) for m in maps.values())
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), layout="constrained", squeeze=False)
     for ax, (name, m) in zip(axes[0], maps.items()):
-        im = ax.imshow(m, vmin=0, vmax=1, cmap="magma")
+        im = ax.imshow(m, vmin=lo, vmax=hi, cmap="magma")
         ax.set_xticks(range(6), geo.FACES, rotation=90, fontsize=7)
         ax.set_yticks(range(6), geo.FACES, fontsize=7)
         ax.set_title(name, fontsize=9)
