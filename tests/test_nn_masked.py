@@ -37,14 +37,15 @@ def sparse_block_reference(block: ConvNeXtV2Block, x: torch.Tensor, mask: torch.
                     ii, jj = i + di, j + dj
                     if 0 <= ii < H and 0 <= jj < W and not mask[b, 0, ii, jj]:
                         acc = acc + w[:, di + r, dj + r] * x[b, :, ii, jj]
-            hidden.append(block.act(block.pwconv1(block.norm(acc))))
+            mlp = block.mlp
+            hidden.append(mlp.act(mlp.pwconv1(mlp.norm(acc))))
         if not vis:
             continue
         h = torch.stack(hidden)  # (n_visible, 4C)
         gx = h.pow(2).sum(0).sqrt()
-        nx = gx / (gx.mean() + block.grn.eps)
-        h = block.grn.gamma * (h * nx) + block.grn.beta + h
-        y = block.pwconv2(h)
+        nx = gx / (gx.mean() + block.mlp.grn.eps)
+        h = block.mlp.grn.gamma * (h * nx) + block.mlp.grn.beta + h
+        y = block.mlp.pwconv2(h)
         for n, (i, j) in enumerate(vis):
             out[b, :, i, j] = x[b, :, i, j] + y[n]
     return out

@@ -60,8 +60,26 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
+class ChannelMLP(nn.Module):
+    """The pointwise half of a ConvNeXt V2 block: LayerNorm -> Linear(4C) -> GELU -> GRN -> Linear(C).
+
+    Channels-last ``(B, ..., C)``; ``visible`` ``(B, ..., 1)`` restricts GRN's statistics.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.grn = GRN(4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(x))), visible))
+
+
 class ConvNeXtV2Block(nn.Module):
-    """Depthwise 7x7 -> LayerNorm -> Linear(4C) -> GELU -> GRN -> Linear(C), residual.
+    """Depthwise 7x7 -> :class:`ChannelMLP`, residual (with DropPath).
 
     x: ``(B, C, H, W)``; mask: ``(B, 1, H, W)`` bool or None. Masked sites of the output are zero.
     """
@@ -69,20 +87,14 @@ class ConvNeXtV2Block(nn.Module):
     def __init__(self, dim: int, drop_path: float = 0.0, kernel_size: int = 7):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.act = nn.GELU()
-        self.grn = GRN(4 * dim)
-        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.mlp = ChannelMLP(dim)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        shortcut = x
         y = self.dwconv(zero_masked(x, mask)).permute(0, 2, 3, 1)  # (B, H, W, C)
         visible = None if mask is None else (~mask).permute(0, 2, 3, 1).to(y.dtype)  # (B, H, W, 1)
-        y = self.act(self.pwconv1(self.norm(y)))
-        y = self.pwconv2(self.grn(y, visible)).permute(0, 3, 1, 2)
-        return zero_masked(shortcut + self.drop_path(y), mask)
+        y = self.mlp(y, visible).permute(0, 3, 1, 2)
+        return zero_masked(x + self.drop_path(y), mask)
 
 
 def pad_to_multiple(x: torch.Tensor, mask: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import geometry as geo
-from .blocks import GRN, DropPath
+from .blocks import ChannelMLP, DropPath
 
 
 def _neighbour_table() -> torch.Tensor:
@@ -81,7 +81,7 @@ class HexAttention(nn.Module):
 
 
 class HexNeXtBlock(nn.Module):
-    """ConvNeXt V2 block on the hex graph: spatial op -> LN -> MLP x4 (GELU, GRN) -> residual.
+    """ConvNeXt V2 block on the hex graph: spatial op -> :class:`.blocks.ChannelMLP`, residual.
 
     x: ``(B, 73, C)``; mask ``(B, 73)`` bool (True = hidden) or None; hidden outputs are zero.
     """
@@ -91,17 +91,11 @@ class HexNeXtBlock(nn.Module):
         if op not in ("conv", "attention"):
             raise ValueError(f"HexNeXtBlock: op must be 'conv' or 'attention', got {op!r}")
         self.spatial = HexConv(dim) if op == "conv" else HexAttention(dim, heads)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.act = nn.GELU()
-        self.grn = GRN(4 * dim)
-        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.mlp = ChannelMLP(dim)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         keep = None if mask is None else (~mask)[..., None].to(x.dtype)  # (B, N, 1)
         xin = x if keep is None else x * keep
-        y = self.act(self.pwconv1(self.norm(self.spatial(xin, mask))))
-        y = self.pwconv2(self.grn(y, keep))
-        out = x + self.drop_path(y)
+        out = x + self.drop_path(self.mlp(self.spatial(xin, mask), keep))
         return out if keep is None else out * keep
