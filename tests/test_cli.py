@@ -13,6 +13,7 @@ def test_info(capsys):
     main(["info"])
     out = capsys.readouterr().out
     assert "4092 sensors" in out and "hex rows 11/12/11/12/13/14" in out
+    assert "tiny: encoder" in out and "base: encoder" in out
 
 
 def test_simulate_writes_a_readable_file(tmp_path, capsys):

@@ -378,6 +378,13 @@ def test_bad_config_errors_name_the_key(tmp_path):
         load_config("nope.yaml")
 
 
+def test_iterable_training_data_is_refused(tmp_path):
+    from xecbench.data import SimulatedStream
+
+    with pytest.raises(TypeError, match="Trainer needs a map-style training set .* got SimulatedStream"):
+        Trainer(toy_model(), toy_task, SimulatedStream(10), None, toy_cfg(tmp_path))
+
+
 def test_shipped_configs_load():
     root = Path(__file__).resolve().parents[1] / "configs"
     for path in sorted(root.glob("*.yaml")):

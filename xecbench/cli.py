@@ -77,7 +77,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     cfg = config_from_checkpoint(state)
     if cfg.model.task != "inpaint":
         sys.exit(f"xecbench evaluate: {args.checkpoint} holds a {cfg.model.task!r} model; it needs an inpainter")
-    model = build_model(replace_init(cfg.model))
+    model = build_model(_without_init(cfg.model))
     model.load_state_dict(inference_weights(state))
     data = (
         EventDataset.from_file(args.data)
@@ -99,7 +99,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"\nwrote {args.out}")
 
 
-def replace_init(model_cfg):
+def _without_init(model_cfg):
     """The model config without ``init_from``: the checkpoint already holds the weights."""
     from dataclasses import replace
 
@@ -133,9 +133,13 @@ def _sweep(args: argparse.Namespace) -> None:
 def _info(args: argparse.Namespace) -> None:
     from . import __version__
     from .geometry import summary
+    from .nn import preset_parameter_counts
 
     print(f"xecbench {__version__}: 4760 sensors on six faces")
     print(summary())
+    print("model presets (trainable parameters):")
+    for name, counts in preset_parameter_counts().items():
+        print(f"  {name:>5}: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:

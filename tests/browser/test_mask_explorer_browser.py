@@ -26,8 +26,15 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def _free_port() -> int:
@@ -50,13 +57,27 @@ def lab(tmp_path_factory):
     docmanager.mkdir(parents=True)
     (docmanager / "plugin.jupyterlab-settings").write_text('{"autosave": false}')
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
-           "--ServerApp.open_browser=False", "--LabApp.news_url=", "--LabApp.check_for_updates_class="
-           "jupyterlab.NeverCheckForUpdate"]
+    env = {
+        **os.environ,
+        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--allow-root",
+        "--ServerApp.open_browser=False",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
     server = subprocess.Popen(cmd, env=env, stdout=(home / "lab.log").open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -92,11 +113,14 @@ def page(lab, tmp_path_factory):
         pg.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()  # Run > Run All Cells
         pg.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         pg.wait_for_selector(".widget-output img", timeout=300_000)
-        pg.wait_for_function(
-            "() => !document.querySelector('.jp-Notebook').innerText.includes('[*]')", timeout=300_000
-        )
+        pg.wait_for_function("() => !document.querySelector('.jp-Notebook').innerText.includes('[*]')", timeout=300_000)
         yield pg
         browser.close()
+
+
+def _readout_shows(text: str) -> str:
+    """JS predicate: some widget HTML readout contains ``text``."""
+    return f"() => [...document.querySelectorAll('.widget-html-content')].some(e => e.innerText.includes('{text}'))"
 
 
 def _image(pg) -> str:
@@ -124,12 +148,10 @@ def test_slider_redraws_the_reconstruction(page, tmp_path):
     handle = page.locator(".widget-slider .noUi-handle").first
     handle.focus()
     page.keyboard.press("ArrowRight")
+    page.wait_for_function(_readout_shows("mask ratio 0.55"), timeout=60_000)
     page.wait_for_function(
-        "() => [...document.querySelectorAll('.widget-html-content')].some(e => e.innerText.includes('mask ratio 0.55'))",
-        timeout=60_000,
+        "(old) => document.querySelector('.widget-output img').src !== old", arg=before, timeout=60_000
     )
-    page.wait_for_function("(old) => document.querySelector('.widget-output img').src !== old",
-                           arg=before, timeout=60_000)
     after = _image(page)
     assert after != before
     assert _images_in_output(page) == 1  # replaced, not stacked
@@ -140,11 +162,9 @@ def test_slider_redraws_the_reconstruction(page, tmp_path):
 def test_face_selector_shows_the_hexagonal_top_face(page, tmp_path):
     before = _image(page)
     page.locator(".widget-dropdown select").first.select_option("top")
+    page.wait_for_function(_readout_shows("top face"), timeout=60_000)
     page.wait_for_function(
-        "() => [...document.querySelectorAll('.widget-html-content')].some(e => e.innerText.includes('top face'))",
-        timeout=60_000,
+        "(old) => document.querySelector('.widget-output img').src !== old", arg=before, timeout=60_000
     )
-    page.wait_for_function("(old) => document.querySelector('.widget-output img').src !== old",
-                           arg=before, timeout=60_000)
     assert _images_in_output(page) == 1
     page.screenshot(path=str(tmp_path / "explorer_top_face.png"))

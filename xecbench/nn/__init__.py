@@ -1,7 +1,7 @@
 """Networks: masked ConvNeXt V2 and HexNeXt blocks, face encoders, fusion, the MAE."""
 
 from .blocks import GRN, ConvNeXtV2Block, Downsample, DropPath, LayerNorm2d, zero_masked
-from .encoder import PRESETS, EncoderConfig, XECEncoder, count_parameters, encoder_config
+from .encoder import PRESETS, EncoderConfig, XECEncoder, count_parameters, encoder_config, preset_parameter_counts
 from .faces import FaceLayout
 from .fusion import Fusion
 from .hex import HexAttention, HexConv, HexNeXtBlock
@@ -33,6 +33,7 @@ __all__ = [
     "XECMAE",
     "count_parameters",
     "encoder_config",
+    "preset_parameter_counts",
     "random_mask",
     "zero_masked",
 ]

@@ -183,3 +183,19 @@ class XECEncoder(nn.Module):
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def preset_parameter_counts() -> dict[str, dict[str, int]]:
+    """Trainable parameters of the encoder, the MAE and the inpainter for every preset."""
+    from .inpaint import XECInpainter
+    from .mae import XECMAE, MAEConfig
+
+    out = {}
+    for name, cfg in PRESETS.items():
+        mae = XECMAE(MAEConfig(encoder=cfg))
+        out[name] = {
+            "encoder": count_parameters(mae.encoder),
+            "mae": count_parameters(mae),
+            "inpainter_heads": count_parameters(XECInpainter(mae.encoder).heads),
+        }
+    return out

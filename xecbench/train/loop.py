@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from tqdm.auto import tqdm
 
 from ..data.io import atomic_path
@@ -101,6 +101,11 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model = model.to(self.device)
         self.ddp = DistributedDataParallel(self.model) if self.dist.enabled else None
+        if isinstance(train_data, IterableDataset):
+            raise TypeError(
+                f"Trainer needs a map-style training set (e.g. EventDataset), got {type(train_data).__name__}: "
+                "the shuffled, rank-sharded sampler indexes it"
+            )
         self.train_data, self.val_data = train_data, val_data
         # DistributedSampler also for one process: the same permutation for any world size
         self.sampler = DistributedSampler(

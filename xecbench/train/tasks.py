@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -31,7 +30,7 @@ def mae_task(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, tor
 
 def inpaint_task(mask_ratio: float) -> Task:
     """Hide ``mask_ratio`` of the valid sensors (plus the dead ones) and score the hidden valid ones."""
-    capacity = math.ceil(mask_ratio * N_CHANNELS) + 64  # hidden valid sensors fit with room to spare
+    capacity = math.ceil(mask_ratio * N_CHANNELS) + 64  # the hidden sensors fit; dead ones may overflow
 
     def task(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = random_mask(batch["valid"], mask_ratio)
@@ -69,7 +68,7 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     if d.source == "simulate":
         sim = SimConfig(spectrum=d.spectrum, random_dead_fraction=d.random_dead_fraction)
         train = simulate(d.n_train, seed=d.seed, config=sim)
-        val = simulate(d.n_val, seed=d.seed + 1_000_003, config=replace(sim))
+        val = simulate(d.n_val, seed=d.seed + 1_000_003, config=sim)
         return EventDataset(train, norm), EventDataset(val, norm)
     events = load_events(d.source)
     if d.val_source:
