@@ -90,7 +90,7 @@ def lab(tmp_path_factory):
                 if time.time() > deadline or server.poll() is not None:
                     raise RuntimeError(f"JupyterLab did not start: {(home / 'lab.log').read_text()[-2000:]}") from None
                 time.sleep(0.5)
-        yield url, token
+        yield url, token, home
     finally:
         server.terminate()  # the server process itself (no shell in between)
         try:
@@ -103,19 +103,45 @@ def lab(tmp_path_factory):
 def page(lab, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
-    url, token = lab
+    url, token, home = lab
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.goto(f"{url}/lab/tree/notebooks/03_mask_explorer.ipynb?token={token}")
-        pg.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-        pg.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-        pg.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()  # Run > Run All Cells
-        pg.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-        pg.wait_for_selector(".widget-output img", timeout=300_000)
-        pg.wait_for_function("() => !document.querySelector('.jp-Notebook').innerText.includes('[*]')", timeout=300_000)
+        console: list[str] = []
+        pg.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        try:
+            pg.goto(f"{url}/lab/tree/notebooks/03_mask_explorer.ipynb?token={token}")
+            pg.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+            pg.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+            for attempt in range(3):  # a click before the kernel is wired up can be lost: check it started
+                pg.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()  # Run > Run All Cells
+                pg.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+                try:
+                    pg.wait_for_function(_execution_started(), timeout=30_000)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise
+            pg.wait_for_selector(".widget-output img", timeout=300_000)
+            pg.wait_for_function(
+                "() => !document.querySelector('.jp-Notebook').innerText.includes('[*]')", timeout=300_000
+            )
+        except Exception as exc:  # leave what a person needs to see why
+            shot = home / "failure.png"
+            pg.screenshot(path=str(shot), full_page=True)
+            log = (home / "lab.log").read_text()[-3000:]
+            raise RuntimeError(
+                f"{exc}\nscreenshot: {shot}\nbrowser console (last 20):\n"
+                + "\n".join(console[-20:])
+                + f"\nJupyterLab log (tail):\n{log}"
+            ) from exc
         yield pg
         browser.close()
+
+
+def _execution_started() -> str:
+    """JS predicate: a code cell is running (prompt [*]); the training cell keeps it up for a while."""
+    return "() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => e.innerText.includes('[*]'))"
 
 
 def _readout_shows(text: str) -> str:
