@@ -20,14 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, write_json  # noqa: E402
 
 from xecbench.nn import gather_masked, random_mask  # noqa: E402
-
-
-def loop_gather(values: torch.Tensor, mask: torch.Tensor, capacity: int) -> torch.Tensor:
-    out = values.new_zeros(values.shape[0], capacity, values.shape[-1])
-    for b in range(values.shape[0]):  # the reference: one event at a time, data-dependent shapes
-        ids = mask[b].nonzero().squeeze(1)[:capacity]
-        out[b, : len(ids)] = values[b, ids]
-    return out
+from xecbench.nn.reference import gather_masked_loop  # noqa: E402
 
 
 def main() -> None:
@@ -44,8 +37,8 @@ def main() -> None:
         mask = random_mask(valid, ratio)
         cap = int(ratio * 4760) + 1
         _, g, ok, _ = gather_masked(values, mask, cap)
-        assert torch.equal(g, loop_gather(values, mask, cap))
-        t_loop = best_time(lambda m=mask, c=cap: loop_gather(values, m, c), repeats=3)
+        assert torch.equal(g, gather_masked_loop(values, mask, cap))
+        t_loop = best_time(lambda m=mask, c=cap: gather_masked_loop(values, m, c), repeats=3)
         t_vec = best_time(lambda m=mask, c=cap: gather_masked(values, m, c), repeats=5)
         res[f"mask_{ratio}"] = {"loop_ms": 1e3 * t_loop, "vectorised_ms": 1e3 * t_vec, "speedup": t_loop / t_vec}
     write_json(a.out, {"batch": a.batch, "device": device, **res})
