@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     import json
 
-    from .data import EventDataset, SimConfig
+    from .data import EventDataset
     from .eval import compare_inpainting, format_table
     from .train import build_model, config_from_checkpoint, inference_weights, load_checkpoint
 
@@ -79,11 +79,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         sys.exit(f"xecbench evaluate: {args.checkpoint} holds a {cfg.model.task!r} model; it needs an inpainter")
     model = build_model(_without_init(cfg.model))
     model.load_state_dict(inference_weights(state))
-    data = (
-        EventDataset.from_file(args.data)
-        if args.data
-        else EventDataset.from_simulation(args.events, seed=args.seed, config=SimConfig())
-    )
+    data = EventDataset.from_file(args.data) if args.data else EventDataset.from_simulation(args.events, seed=args.seed)
     ratio = args.mask_ratio if args.mask_ratio is not None else cfg.model.inpaint_mask_ratio
     result = compare_inpainting(model, data, mask_ratio=ratio, seed=args.seed)
     for units in ("raw", "normalised"):

@@ -56,6 +56,19 @@ class EventDataset(Dataset):
         return {k: v[i] for k, v in self.tensors.items()}
 
 
+def _worker_share() -> tuple[int, int]:
+    """(this DataLoader worker's index, number of workers); (0, 1) in the main process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info else (0, 1)
+
+
+def _events_of(chunk: dict[str, np.ndarray], norm: Normalizer) -> Iterator[dict[str, torch.Tensor]]:
+    """Normalise a raw chunk once and yield its events one by one."""
+    items = to_items(chunk, norm)
+    for i in range(len(items["x"])):
+        yield {k: v[i] for k, v in items.items()}
+
+
 class SimulatedStream(IterableDataset):
     """``n_events`` simulated on the fly from ``seed``; worker k of W takes blocks k, k + W, ..."""
 
@@ -74,15 +87,12 @@ class SimulatedStream(IterableDataset):
         return self.n_events
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        worker, n_workers = _worker_share()
         n_blocks = -(-self.n_events // BLOCK)
         for block in range(worker, n_blocks, n_workers):
             start = block * BLOCK
             events = simulate(min(BLOCK, self.n_events - start), self.seed, self.config, start=start)
-            items = to_items(events, self.normalizer)
-            for i in range(len(items["x"])):
-                yield {k: v[i] for k, v in items.items()}
+            yield from _events_of(events, self.normalizer)
 
 
 class RootStream(IterableDataset):
@@ -93,14 +103,10 @@ class RootStream(IterableDataset):
         self.normalizer = normalizer or Normalizer()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        worker, n_workers = _worker_share()
         for k, chunk in enumerate(iter_root(self.path, **self.read_kwargs)):
-            if k % n_workers != worker:
-                continue
-            items = to_items(chunk, self.normalizer)
-            for i in range(len(items["x"])):
-                yield {k2: v[i] for k2, v in items.items()}
+            if k % n_workers == worker:
+                yield from _events_of(chunk, self.normalizer)
 
 
 def make_loader(

@@ -12,13 +12,17 @@ sensors through the padded same-face neighbour table of :func:`geometry.neighbou
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import torch
 
 from .. import geometry as geo
 
 
+@cache
 def _table(radius: float, max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded same-face neighbour table (ids, -1 -> 0) and where a neighbour exists, built once."""
     nb = torch.as_tensor(np.array(geo.neighbours(radius, max_k)))
     exists = nb >= 0
     return nb.clamp(min=0), exists
@@ -39,12 +43,18 @@ def neighbour_average(
     return v.sum(-1) / count.clamp(min=1), count > 0
 
 
+@cache
+def _sensor_tensors(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sensor positions, normals and areas as tensors, built once per dtype."""
+    return tuple(
+        torch.tensor(a, dtype=dtype) for a in (geo.sensor_positions(), geo.sensor_normals(), geo.sensor_areas())
+    )
+
+
 def solid_angles(source: torch.Tensor) -> torch.Tensor:
     """``area * cos(incidence) / d^2`` of every sensor from points ``source (B, 3)`` -> ``(B, 4760)``
     (0 for sensors facing away)."""
-    pos = torch.tensor(geo.sensor_positions(), dtype=source.dtype)
-    nrm = torch.tensor(geo.sensor_normals(), dtype=source.dtype)
-    area = torch.tensor(geo.sensor_areas(), dtype=source.dtype)
+    pos, nrm, area = _sensor_tensors(source.dtype)
     d = source[:, None, :] - pos[None]  # (B, N, 3) from sensor to source
     d2 = d.pow(2).sum(-1).clamp(min=1.0)
     cos = (d * nrm).sum(-1) / d2.sqrt()
@@ -54,8 +64,7 @@ def solid_angles(source: torch.Tensor) -> torch.Tensor:
 def estimate_source(npho: torch.Tensor, usable: torch.Tensor, top_k: int = 10, depth: float = 3.0) -> torch.Tensor:
     """Shower position ``(B, 3)``: the npho-weighted mean of the ``top_k`` brightest usable
     sensors, pushed ``depth`` cm into the xenon along their weighted normal."""
-    pos = torch.tensor(geo.sensor_positions(), dtype=npho.dtype)
-    nrm = torch.tensor(geo.sensor_normals(), dtype=npho.dtype)
+    pos, nrm, _ = _sensor_tensors(npho.dtype)
     w, idx = torch.where(usable, npho, -1.0).topk(top_k, dim=1)
     w = w.clamp(min=0)[..., None]
     centre = (pos[idx] * w).sum(1) / w.sum(1).clamp(min=1e-9)
