@@ -26,7 +26,7 @@ from xecbench.train import (
     load_config,
     run_training,
 )
-from xecbench.train.distributed import DistInfo
+from xecbench.train.distributed import DistInfo, shutdown
 
 # record_steps wraps optimizer.step, which PyTorch's scheduler notices and warns about
 pytestmark = pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
@@ -411,7 +411,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     tr = Trainer(toy_model(), toy_task, ToyData(32), None, cfg, dist_info=DistInfo(rank, world, rank))
     tr.fit()
     torch.save([p.detach() for p in tr.model.parameters()], Path(out) / f"params_{rank}.pt")
-    dist.destroy_process_group()
+    shutdown()
 
 
 @pytest.mark.slow

@@ -53,3 +53,11 @@ def current() -> DistInfo:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly: wait for every rank, then destroy it. Destroying it while
+    another rank is still finishing its last collective aborts the process (gloo)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import Config, save_config
-from .distributed import init_distributed
+from .distributed import init_distributed, shutdown
 from .loop import Callback, Trainer, resolve_device, seed_everything
 from .tasks import build_datasets, build_model, build_task
 
@@ -25,4 +25,6 @@ def run_training(cfg: Config, resume: str | Path | None = None, callbacks: list[
     if trainer.dist.is_main:
         save_config(cfg, Path(cfg.training.run_dir) / "config.yaml")
     trainer.fit(resume=resume)
+    if trainer.dist.enabled:  # only after success: a failed rank must not wait at the barrier
+        shutdown()
     return trainer
