@@ -5,7 +5,15 @@ from .config import Config, ConfigError, DataConfig, ModelConfig, TrainingConfig
 from .loop import NonFiniteLossError, Trainer, resolve_amp, resolve_device
 from .optim import build_optimizer, build_scheduler, cosine_factor
 from .run import make_trainer, run_training
-from .tasks import build_datasets, build_model, build_task, inpaint_task, mae_task
+from .tasks import (
+    build_datasets,
+    build_model,
+    build_normalizer,
+    build_sim_config,
+    build_task,
+    inpaint_task,
+    mae_task,
+)
 
 __all__ = [
     "Config",
@@ -17,6 +25,8 @@ __all__ = [
     "TrainingConfig",
     "build_datasets",
     "build_model",
+    "build_normalizer",
+    "build_sim_config",
     "build_optimizer",
     "build_scheduler",
     "build_task",

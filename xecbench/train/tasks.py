@@ -18,7 +18,7 @@ from ..data import EventDataset, Normalizer, SimConfig, load_events, simulate
 from ..geometry import N_CHANNELS
 from ..nn import XECMAE, MAEConfig, XECInpainter, encoder_config, random_mask
 from .checkpoint import inference_weights, load_checkpoint
-from .config import Config, ModelConfig
+from .config import Config, DataConfig, ModelConfig
 
 Task = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -60,13 +60,23 @@ def build_task(mcfg: ModelConfig) -> Task:
     return mae_task if mcfg.task == "mae" else inpaint_task(mcfg.inpaint_mask_ratio)
 
 
+def build_normalizer(d: DataConfig) -> Normalizer:
+    """The normalisation a run's data section describes (also what ``evaluate`` must reuse)."""
+    return Normalizer(d.npho_scheme, d.npho_scale, d.npho_scale2, d.time_scale, d.time_shift)
+
+
+def build_sim_config(d: DataConfig) -> SimConfig:
+    """The simulation settings a run's data section describes."""
+    return SimConfig(spectrum=d.spectrum, random_dead_fraction=d.random_dead_fraction)
+
+
 def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     """Training and validation sets from ``cfg.data``: simulated (validation from another seed) or a
     file (validation from ``val_source``, else the last ``n_val`` events of ``source``)."""
     d = cfg.data
-    norm = Normalizer(d.npho_scheme, d.npho_scale, d.npho_scale2, d.time_scale, d.time_shift)
+    norm = build_normalizer(d)
     if d.source == "simulate":
-        sim = SimConfig(spectrum=d.spectrum, random_dead_fraction=d.random_dead_fraction)
+        sim = build_sim_config(d)
         train = simulate(d.n_train, seed=d.seed, config=sim)
         val = simulate(d.n_val, seed=d.seed + 1_000_003, config=sim)
         return EventDataset(train, norm), EventDataset(val, norm)
