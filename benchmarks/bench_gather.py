@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, write_json  # noqa: E402
 
-from xecbench.nn import gather_masked, random_mask  # noqa: E402
+from xecbench.nn import gather_masked, random_hidden  # noqa: E402
 from xecbench.nn.reference import gather_masked_loop  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     valid = torch.ones(a.batch, 4760, dtype=torch.bool, device=device)
     res = {}
     for ratio in (0.05, 0.6):
-        mask = random_mask(valid, ratio)
+        mask = random_hidden(valid, ratio)
         cap = int(ratio * 4760) + 1
         _, g, ok, _ = gather_masked(values, mask, cap)
         assert torch.equal(g, gather_masked_loop(values, mask, cap))

@@ -19,7 +19,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, write_json  # noqa: E402
 
-from xecbench.nn import XECMAE, MAEConfig, XECInpainter, count_parameters, encoder_config, random_mask  # noqa: E402
+from xecbench.nn import (  # noqa: E402
+    XECMAE,
+    MAEConfig,
+    SensorMask,
+    XECInpainter,
+    count_parameters,
+    encoder_config,
+    random_hidden,
+)
 
 TARGETS = {"mae_tiny": 150.0, "mae_base": 12.0}
 
@@ -35,11 +43,14 @@ def make_step(kind: str, preset: str, device: str, batch: int, amp: bool, compil
     x = torch.randn(batch, 4760, 2, generator=g).to(device)
     valid = (torch.rand(batch, 4760, generator=g) > 0.01).to(device)
     tv = valid & (torch.rand(batch, 4760, generator=g) > 0.9).to(device)
-    mask = random_mask(valid, 0.05)
+    inpaint_masks = SensorMask(valid, tv, random_hidden(valid, 0.05))
 
     def step():
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
-            out = fwd(x, valid, tv) if kind == "mae" else fwd(x, valid, tv, mask, capacity=400)
+            if kind == "mae":
+                out = fwd(x, mae.draw_masks(valid, tv))
+            else:
+                out = fwd(x, inpaint_masks, capacity=400)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from xecbench import geometry as geo
-from xecbench.nn import XECMAE, MAEConfig, XECInpainter, encoder_config, gather_masked, random_mask
+from xecbench.nn import XECMAE, MAEConfig, SensorMask, XECInpainter, encoder_config, gather_masked, random_hidden
 
 
 def gather_loop(values, mask, K):
@@ -51,8 +51,7 @@ def test_frozen_encoder_gets_no_gradient_and_heads_all_do():
     torch.manual_seed(0)
     model = XECInpainter(XECMAE(MAEConfig(encoder=encoder_config("tiny"))).encoder, freeze_encoder=True)
     x, valid, tv = _batch()
-    mask = random_mask(valid, 0.1) | ~valid
-    out = model.train()(x, valid, tv, mask, capacity=600)
+    out = model.train()(x, SensorMask(valid, tv, random_hidden(valid, 0.1)), capacity=600)
     out.loss.backward()
     assert all(p.grad is None for p in model.encoder.parameters())
     missing = [n for n, p in model.heads.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
@@ -64,7 +63,7 @@ def test_trainable_encoder_gets_gradient():
     torch.manual_seed(0)
     model = XECInpainter(XECMAE().encoder, freeze_encoder=False)
     x, valid, tv = _batch()
-    model(x, valid, tv, random_mask(valid, 0.1), capacity=600).loss.backward()
+    model(x, SensorMask(valid, tv, random_hidden(valid, 0.1)), capacity=600).loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
 
 
@@ -72,11 +71,11 @@ def test_every_face_honours_its_mask():
     torch.manual_seed(0)
     model = XECInpainter(XECMAE().encoder).eval()
     x, valid, tv = _batch()
-    mask = random_mask(valid, 0.3)
-    junk = torch.where(mask[..., None], torch.randn_like(x) * 100, x)
+    masks = SensorMask(valid, tv, random_hidden(valid, 0.3))
+    junk = torch.where(masks.visible[..., None], x, torch.randn_like(x) * 100)  # hidden and dead sensors
     with torch.no_grad():
-        a = model(x, valid, tv, mask, capacity=2000)
-        b = model(junk, valid, tv, mask, capacity=2000)
+        a = model(x, masks, capacity=2000)
+        b = model(junk, masks, capacity=2000)
     for face in geo.FACES:
         ids = torch.tensor(geo.face_ids(face))
         assert torch.allclose(a.dense[:, ids], b.dense[:, ids], atol=1e-5), face

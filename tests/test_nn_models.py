@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xecbench import geometry as geo
-from xecbench.nn import POSENCS, XECMAE, MAEConfig, XECEncoder, encoder_config
+from xecbench.nn import POSENCS, XECMAE, MAEConfig, SensorMask, XECEncoder, encoder_config
 from xecbench.nn.posenc import alibi_bias, rope_rotate, sinusoidal_table
 
 
@@ -21,7 +21,7 @@ def test_encoder_shapes_for_every_positional_encoding(posenc):
     cfg = encoder_config("tiny", posenc=posenc)
     enc = XECEncoder(cfg)
     x, valid, tv = _batch()
-    out = enc(x, valid, tv)
+    out = enc(x, SensorMask(valid, tv, torch.zeros_like(valid)))
     assert out["tokens"].shape == (2, 6, cfg.token_dim)
     assert out["features"]["inner"].shape == (2, cfg.dims[-1], 12, 6)  # 93x44 /4 stem /2 stage
     assert out["features"]["us"].shape == (2, cfg.dims[-1], 12, 3)
@@ -83,17 +83,17 @@ def test_mae_loss_only_counts_masked_sensors():
     model = XECMAE(MAEConfig(encoder=encoder_config("tiny")))
     x, valid, tv = _batch()
     x = x.requires_grad_(True)
-    out = model(x, valid, tv, generator=torch.Generator().manual_seed(1))
+    out = model(x, model.draw_masks(valid, tv, generator=torch.Generator().manual_seed(1)))
     assert out.pred.shape == (2, 4760, 2) and set(out.loss_per_face) == set(geo.FACES)
-    assert not (out.mask & ~valid).any()
+    assert not (out.masks.hidden & ~valid).any()
     # recompute the loss by hand from the prediction
-    m, mt = out.mask, out.mask & tv
+    m, mt = out.masks.hidden, out.masks.hidden & tv
     p = out.pred.detach()
     ref = ((p[..., 0] - x[..., 0].detach())[m] ** 2).mean() + ((p[..., 1] - x[..., 1].detach())[mt] ** 2).mean()
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-5)
     (grad_x,) = torch.autograd.grad(out.loss, x, retain_graph=True)
     # through the target path alone, unscored sensors (visible, or masked without a valid time) get none
-    target_only = torch.autograd.grad(model.loss(p, x, m, tv)[0], x)[0]
+    target_only = torch.autograd.grad(model.loss(p, x, out.masks)[0], x)[0]
     assert (target_only[~m] == 0).all()
     assert (target_only[..., 1][m & ~tv] == 0).all()
     assert grad_x.abs().sum() > 0
@@ -108,7 +108,7 @@ def test_gradients_reach_every_parameter():
     mask = torch.rand(2, 4760, generator=torch.Generator().manual_seed(0)) < 0.6
     for face, (rows, cols) in {"inner": (8, 8), "us": (2, 2), "ds": (2, 2), "outer": (2, 2)}.items():
         mask[:, torch.as_tensor(geo.grid_ids(face)[:rows, :cols].ravel())] = True
-    model(x, valid, tv, mask=mask).loss.backward()
+    model(x, SensorMask(valid, tv, mask)).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == [], missing
 
@@ -119,8 +119,8 @@ def test_masked_sensor_values_do_not_reach_the_prediction():
     x, valid, tv = _batch()
     mask = torch.rand(2, 4760, generator=torch.Generator().manual_seed(3)) < 0.6
     with torch.no_grad():
-        a = model(x, valid, tv, mask=mask).pred
-        b = model(torch.where(mask[..., None], torch.randn_like(x) * 100, x), valid, tv, mask=mask).pred
+        a = model(x, SensorMask(valid, tv, mask)).pred
+        b = model(torch.where(mask[..., None], torch.randn_like(x) * 100, x), SensorMask(valid, tv, mask)).pred
     assert torch.allclose(a, b, atol=1e-5)
 
 
@@ -141,9 +141,8 @@ def test_presets_and_config_errors():
     with pytest.raises(ValueError, match="MAEConfig.loss must be one of"):
         MAEConfig(loss="l2")
     with pytest.raises(ValueError, match=r"x must be \(B, 4760, 2\)"):
-        XECEncoder()(
-            torch.zeros(1, 4759, 2), torch.ones(1, 4759, dtype=torch.bool), torch.ones(1, 4759, dtype=torch.bool)
-        )
+        ones = torch.ones(1, 4759, dtype=torch.bool)
+        XECEncoder()(torch.zeros(1, 4759, 2), SensorMask(ones, ones, ~ones))
 
 
 @pytest.mark.slow
@@ -151,5 +150,6 @@ def test_torch_compile_of_the_encoder_on_cpu():
     enc = XECEncoder(encoder_config("tiny")).eval()
     x, valid, tv = _batch()
     compiled = torch.compile(enc)
+    masks = SensorMask(valid, tv, torch.zeros_like(valid))
     with torch.no_grad():
-        assert torch.allclose(compiled(x, valid, tv)["tokens"], enc(x, valid, tv)["tokens"], atol=1e-4)
+        assert torch.allclose(compiled(x, masks)["tokens"], enc(x, masks)["tokens"], atol=1e-4)

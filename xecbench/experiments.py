@@ -15,6 +15,7 @@ import torch
 
 from . import geometry as geo
 from .data.io import atomic_path
+from .nn import SensorMask
 from .train import Trainer, load_config, run_training
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -67,7 +68,7 @@ def mean_fusion_attention(model: torch.nn.Module, batch: dict, layer: int = -1) 
     an MAE at its configured mask ratio (row = query face, column = key face)."""
     model.eval()
     g = torch.Generator().manual_seed(0)
-    model(batch["x"], batch["valid"], batch["time_valid"], generator=g)
+    model(batch["x"], model.draw_masks(batch["valid"], batch["time_valid"], generator=g))
     return model.encoder.fusion.attention_maps()[layer].mean(dim=(0, 1)).numpy()
 
 
@@ -79,16 +80,18 @@ def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
     return path
 
 
-def accumulation_gap(model: torch.nn.Module, batch: dict, mask: torch.Tensor, n_micro: int) -> tuple[float, float]:
+def accumulation_gap(model: torch.nn.Module, batch: dict, masks: SensorMask, n_micro: int) -> tuple[float, float]:
     """Gradients of one MAE batch against ``n_micro`` equal micro-batches accumulated with loss / n.
 
-    Uses a fixed ``mask`` with the same number of hidden sensors per event and scores npho only, so
+    Uses fixed ``masks`` with the same number of scored sensors per event and scores npho only, so
     every micro-batch mean has the same weight. Returns (max |difference|, max |gradient|)."""
 
     def grads(chunks: int) -> list[torch.Tensor]:
         model.zero_grad()
-        for x, v, t, m in zip(*(batch[k].chunk(chunks) for k in ("x", "valid", "time_valid")), mask.chunk(chunks)):
-            out = model(x, v, t, mask=m)
+        size = -(-len(batch["x"]) // chunks)
+        for start in range(0, len(batch["x"]), size):
+            part = slice(start, start + size)
+            out = model(batch["x"][part], masks[part])
             (out.loss / chunks).backward()
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
@@ -113,7 +116,7 @@ def time_training_step(
         g = torch.Generator().manual_seed(0)
         t = time.perf_counter()
         with torch.autocast(device_type=device, dtype=amp or torch.float32, enabled=amp is not None):
-            out = model(batch["x"], batch["valid"], batch["time_valid"], generator=g)
+            out = model(batch["x"], model.draw_masks(batch["valid"], batch["time_valid"], generator=g))
         opt.zero_grad()
         out.loss.backward()
         opt.step()

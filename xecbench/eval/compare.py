@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..data import EventDataset
-from ..nn import random_mask
+from ..nn import SensorMask, random_hidden
 from .baselines import neighbour_average, solid_angle_estimate
 from .metrics import metrics_by_face
 
@@ -32,16 +32,15 @@ def compare_inpainting(
     for start in range(0, len(data), batch_size):
         b = data[start : start + batch_size]
         x, valid, tv = b["x"], b["valid"], b["time_valid"]
-        hidden = random_mask(valid, mask_ratio, g)
-        mask = hidden | ~valid
-        out = model(x.to(device), valid.to(device), tv.to(device), mask.to(device), capacity=1)
+        masks = SensorMask(valid, tv, random_hidden(valid, mask_ratio, g))
+        out = model(x.to(device), masks.to(device), capacity=1)
         raw = norm.npho_inverse(torch.where(valid, x[..., 0], 0.0).double())
-        usable = valid & ~hidden
+        usable = masks.visible
         preds["model"].append(norm.npho_inverse(out.dense[..., 0].double().cpu()))
         preds["neighbour_average"].append(neighbour_average(raw, usable)[0])
         preds["solid_angle"].append(solid_angle_estimate(raw, usable)[0])
         truths.append(raw)
-        scored_all.append(hidden)
+        scored_all.append(masks.scored)
     truth = torch.cat(truths)
     scored = torch.cat(scored_all)
     out_raw = {m: metrics_by_face(torch.cat(p), truth, scored) for m, p in preds.items()}

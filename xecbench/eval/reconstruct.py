@@ -11,24 +11,25 @@ from ..nn import XECMAE
 
 
 def reconstruct(model: XECMAE, dataset: EventDataset, index: int, mask_ratio: float, seed: int = 0) -> dict:
-    """Mask one event at ``mask_ratio`` and reconstruct it. Returns raw ``(4760,)`` npho arrays:
-    ``truth`` (NaN where dead), ``masked_input`` (NaN where hidden or dead), ``reconstruction``
-    (the model at hidden sensors, the input elsewhere), and the ``mask`` and ``dead`` booleans."""
+    """Hide ``mask_ratio`` of one event's valid sensors (the model's unit) and reconstruct them.
+    Returns raw ``(4760,)`` npho arrays: ``truth`` (NaN where dead), ``masked_input`` (NaN where
+    hidden or dead), ``reconstruction`` (the model at hidden sensors, the input elsewhere), and the
+    ``hidden`` and ``dead`` booleans (disjoint: only valid sensors are hidden)."""
     item = dataset[index : index + 1]
     g = torch.Generator().manual_seed(seed)
     model.eval()
     with torch.no_grad():
-        out = model(item["x"], item["valid"], item["time_valid"], mask_ratio=mask_ratio, generator=g)
+        out = model(item["x"], model.draw_masks(item["valid"], item["time_valid"], mask_ratio, g))
     norm = dataset.normalizer
     truth = norm.npho_inverse(item["x"][0, :, 0].double()).numpy()
     pred = norm.npho_inverse(out.pred[0, :, 0].double()).clamp(min=0).numpy()
-    mask = out.mask[0].numpy()
+    hidden = out.masks.hidden[0].numpy()
     dead = ~item["valid"][0].numpy()
     truth[dead] = np.nan
     return {
         "truth": truth,
-        "masked_input": np.where(mask, np.nan, truth),
-        "reconstruction": np.where(mask, pred, truth),
-        "mask": mask,
+        "masked_input": np.where(hidden, np.nan, truth),
+        "reconstruction": np.where(hidden, pred, truth),
+        "hidden": hidden,
         "dead": dead,
     }

@@ -1,7 +1,8 @@
 """The XEC encoder: one encoder per face -> one token per face -> fusion Transformer.
 
-Inputs are the normalised sensors ``x (B, 4760, 2)`` (npho, time) with ``visible (B, 4760)`` (True =
-the encoder may look) and ``time_valid (B, 4760)``. Each sensor enters with three channels:
+Inputs are the normalised sensors ``x (B, 4760, 2)`` (npho, time) with a :class:`.masking.SensorMask`
+(the encoder looks at ``visible`` sensors only, and at their time where ``time_valid``). Each sensor
+enters with three channels:
 npho, time (0 where invalid) and a time-valid flag, and hidden sensors enter as zeros with the mask,
 so a sentinel never reaches a convolution.
 
@@ -22,6 +23,7 @@ from .blocks import ConvNeXtV2Block, Downsample, LayerNorm2d, downsample_mask, p
 from .faces import FaceLayout
 from .fusion import Fusion
 from .hex import HexNeXtBlock
+from .masking import SensorMask, last_stage_cells
 from .posenc import POSENCS
 
 IN_CHANS = 3  # npho, time (0 where invalid), time-valid flag
@@ -56,6 +58,10 @@ class EncoderConfig:
         """Total downsampling of a grid face from sensors to the last stage."""
         stem = self.inner_stem if face == "inner" else 1
         return stem * 2 ** (len(self.dims) - 1)
+
+    def last_stage_cells(self) -> torch.Tensor:
+        """``(4760,)`` the last-stage cell of each sensor (the units of FCMAE cell masking)."""
+        return last_stage_cells({f: self.stride(f) for f in geo.GRID_FACES})
 
 
 PRESETS: dict[str, EncoderConfig] = {
@@ -165,10 +171,14 @@ class XECEncoder(nn.Module):
             self.faces[face] = HexFaceEncoder(cfg)
         self.fusion = Fusion(cfg.token_dim, cfg.fusion_layers, cfg.fusion_heads, cfg.posenc)
 
-    def forward(self, x: torch.Tensor, visible: torch.Tensor, time_valid: torch.Tensor) -> dict:
+    def forward(self, x: torch.Tensor, masks: SensorMask) -> dict:
+        """x ``(B, 4760, 2)`` normalised; the encoder sees ``masks.visible`` only."""
         if x.dim() != 3 or x.shape[1:] != (geo.N_CHANNELS, 2):
             raise ValueError(f"XECEncoder: x must be (B, {geo.N_CHANNELS}, 2), got {tuple(x.shape)}")
-        inp = sensor_inputs(x, time_valid & visible)
+        if masks.valid.shape != x.shape[:2]:
+            raise ValueError(f"XECEncoder: masks are {tuple(masks.valid.shape)}, x is {tuple(x.shape)}")
+        visible = masks.visible
+        inp = sensor_inputs(x, masks.time_valid & visible)
         feats, masks, tokens = {}, {}, []
         for face in geo.FACES:
             if face in geo.HEX_FACES:
@@ -179,23 +189,3 @@ class XECEncoder(nn.Module):
             tokens.append(tok)
         face_tokens = torch.stack(tokens, dim=1)
         return {"tokens": self.fusion(face_tokens), "face_tokens": face_tokens, "features": feats, "masks": masks}
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def preset_parameter_counts() -> dict[str, dict[str, int]]:
-    """Trainable parameters of the encoder, the MAE and the inpainter for every preset."""
-    from .inpaint import XECInpainter
-    from .mae import XECMAE, MAEConfig
-
-    out = {}
-    for name, cfg in PRESETS.items():
-        mae = XECMAE(MAEConfig(encoder=cfg))
-        out[name] = {
-            "encoder": count_parameters(mae.encoder),
-            "mae": count_parameters(mae),
-            "inpainter_heads": count_parameters(XECInpainter(mae.encoder).heads),
-        }
-    return out

@@ -5,7 +5,8 @@ direction-aware graph convolutions on hex faces) conditioned on the face's fused
 predicts normalised ``(npho, time)`` at every sensor of its face. The model returns
 
 * a dense output ``(B, 4760, 2)`` for all positions, and
-* the predictions at the masked sensors gathered into a fixed-capacity padded tensor
+* the predictions at the sensors to fill (``~masks.visible``: hidden or dead) gathered into a
+  fixed-capacity padded tensor
   ``(B, K, 2)`` with their channel ids and a slot-validity mask, where ``K`` is known before the
   forward pass: no data-dependent shapes and no host synchronisation.
 """
@@ -21,7 +22,8 @@ from torch import nn
 from .. import geometry as geo
 from .encoder import IN_CHANS, XECEncoder, sensor_inputs
 from .hex import HexConv
-from .mae import XECMAE, masked_loss
+from .mae import XECMAE
+from .masking import SensorMask, masked_loss
 
 
 def gather_masked(values: torch.Tensor, mask: torch.Tensor, capacity: int):
@@ -84,7 +86,7 @@ class HexHead(nn.Module):
 class InpaintOutput:
     dense: torch.Tensor  # (B, 4760, 2) predictions at every sensor
     index: torch.Tensor  # (B, K) channel ids of the gathered slots
-    gathered: torch.Tensor  # (B, K, 2) predictions at the masked sensors
+    gathered: torch.Tensor  # (B, K, 2) predictions at the sensors to fill (hidden or dead)
     slot_valid: torch.Tensor  # (B, K) bool, False for padding
     overflow: torch.Tensor  # (B,) bool, more masked sensors than slots
     loss: torch.Tensor | None = None
@@ -94,11 +96,19 @@ class InpaintOutput:
 class XECInpainter(nn.Module):
     """Encoder + per-face heads. ``freeze_encoder=True`` trains the heads only."""
 
-    def __init__(self, encoder: XECEncoder, head_width: int = 32, freeze_encoder: bool = True, loss: str = "mse"):
+    def __init__(
+        self,
+        encoder: XECEncoder,
+        head_width: int = 32,
+        freeze_encoder: bool = True,
+        loss: str = "mse",
+        channel_weights: tuple[float, float] = (1.0, 1.0),
+    ):
         super().__init__()
         self.encoder = encoder
         self.freeze_encoder = freeze_encoder
         self.loss_kind = loss
+        self.register_buffer("channel_weights", torch.tensor(channel_weights), persistent=False)
         encoder.requires_grad_(not freeze_encoder)
         D = encoder.cfg.token_dim
         self.heads = nn.ModuleDict(
@@ -120,18 +130,15 @@ class XECInpainter(nn.Module):
             self.encoder.eval()  # frozen: no dropout / drop-path, fixed statistics
         return self
 
-    def forward(
-        self, x: torch.Tensor, valid: torch.Tensor, time_valid: torch.Tensor, mask: torch.Tensor, capacity: int
-    ) -> InpaintOutput:
-        """x ``(B, 4760, 2)`` normalised; mask ``(B, 4760)`` True = to inpaint (dead or hidden).
-
-        The loss is computed on masked sensors that have a truth (``valid``)."""
-        visible = valid & ~mask
+    def forward(self, x: torch.Tensor, masks: SensorMask, capacity: int) -> InpaintOutput:
+        """x ``(B, 4760, 2)`` normalised. The heads fill every sensor the encoder may not see
+        (``~masks.visible``: hidden or dead); the loss is on ``masks.scored`` (hidden and valid)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            enc = self.encoder(x, visible, time_valid)
+            enc = self.encoder(x, masks)
         tokens = enc["tokens"]
         layout = self.encoder.layout
-        inp = sensor_inputs(x, time_valid & visible)
+        visible = masks.visible
+        inp = sensor_inputs(x, masks.time_valid & visible)
         per_face = {}
         for k, face in enumerate(geo.FACES):
             if face in geo.HEX_FACES:
@@ -141,7 +148,6 @@ class XECInpainter(nn.Module):
                 img, hidden = layout.to_grid(inp, visible, face)
                 per_face[face] = layout.from_grid(self.heads[face](img, hidden, tokens[:, k]), face)
         dense = layout.scatter(per_face)
-        index, gathered, slot_valid, overflow = gather_masked(dense, mask, capacity)
-        scored = mask & valid
-        loss, loss_face = masked_loss(dense, x, scored, time_valid, layout, self.loss_kind)
+        index, gathered, slot_valid, overflow = gather_masked(dense, ~visible, capacity)
+        loss, loss_face = masked_loss(dense, x, masks, layout, self.loss_kind, self.channel_weights)
         return InpaintOutput(dense, index, gathered, slot_valid, overflow, loss, loss_face)

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..data import EventDataset, Normalizer, SimConfig, load_events, simulate
 from ..geometry import N_CHANNELS
-from ..nn import XECMAE, MAEConfig, XECInpainter, encoder_config, random_mask
+from ..nn import XECMAE, MAEConfig, SensorMask, XECInpainter, encoder_config, random_hidden
 from .checkpoint import inference_weights, load_checkpoint
 from .config import Config, DataConfig, ModelConfig
 
@@ -24,17 +24,20 @@ Task = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def mae_task(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    out = model(batch["x"], batch["valid"], batch["time_valid"])
+    """Hide sensors at the MAE's ratio and unit, reconstruct, score the hidden valid ones."""
+    mae = getattr(model, "module", model)  # the model inside a DistributedDataParallel wrapper
+    out = model(batch["x"], mae.draw_masks(batch["valid"], batch["time_valid"]))
     return out.loss, out.loss_per_face
 
 
 def inpaint_task(mask_ratio: float) -> Task:
-    """Hide ``mask_ratio`` of the valid sensors (plus the dead ones) and score the hidden valid ones."""
+    """Hide ``mask_ratio`` of each event's valid sensors; the model fills those and the dead ones
+    and is scored on the hidden valid ones."""
     capacity = math.ceil(mask_ratio * N_CHANNELS) + 64  # the hidden sensors fit; dead ones may overflow
 
     def task(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        mask = random_mask(batch["valid"], mask_ratio)
-        out = model(batch["x"], batch["valid"], batch["time_valid"], mask | ~batch["valid"], capacity=capacity)
+        masks = SensorMask.of(batch, random_hidden(batch["valid"], mask_ratio))
+        out = model(batch["x"], masks, capacity=capacity)
         return out.loss, out.loss_per_face
 
     return task
@@ -46,14 +49,26 @@ def build_model(mcfg: ModelConfig) -> nn.Module:
         overrides["token_dim"] = mcfg.token_dim
     enc = encoder_config(mcfg.preset, **overrides)
     mae = XECMAE(
-        MAEConfig(encoder=enc, mask_ratio=mcfg.mask_ratio, loss=mcfg.loss, channel_weights=mcfg.channel_weights)
+        MAEConfig(
+            encoder=enc,
+            mask_ratio=mcfg.mask_ratio,
+            loss=mcfg.loss,
+            channel_weights=mcfg.channel_weights,
+            mask_unit=mcfg.mask_unit,
+        )
     )
     if mcfg.task == "mae":
         return mae
     if mcfg.init_from:
         state = load_checkpoint(mcfg.init_from)
         mae.load_state_dict(inference_weights(state))
-    return XECInpainter(mae.encoder, head_width=mcfg.head_width, freeze_encoder=mcfg.freeze_encoder, loss=mcfg.loss)
+    return XECInpainter(
+        mae.encoder,
+        head_width=mcfg.head_width,
+        freeze_encoder=mcfg.freeze_encoder,
+        loss=mcfg.loss,
+        channel_weights=mcfg.channel_weights,
+    )
 
 
 def build_task(mcfg: ModelConfig) -> Task:

@@ -35,7 +35,7 @@ def render(
     rec = reconstruct(model, dataset, event, ratio, seed)
     ids = geo.face_ids(face)
     truth = rec["truth"]
-    err = np.where(rec["mask"], (rec["reconstruction"] - truth) / np.maximum(np.nan_to_num(truth), 10.0), np.nan)
+    err = np.where(rec["hidden"], (rec["reconstruction"] - truth) / np.maximum(np.nan_to_num(truth), 10.0), np.nan)
     tall = face == "inner"
     fig, axes = plt.subplots(1, 4, figsize=(12, 4.6 if tall else 3.0), layout="constrained")
     shared = _values_norm(np.concatenate([rec["masked_input"][ids], truth[ids]]), "npho", None, None)
@@ -47,7 +47,7 @@ def render(
     e = draw_face(axes[3], err, face, quantity="time", norm=Normalize(-1, 1), cmap="coolwarm")
     axes[3].set_title("(reco - truth) / truth, hidden", fontsize=9)
     fig.colorbar(e.main, ax=axes[3], shrink=0.8)
-    n_masked = int(rec["mask"][ids].sum())
+    n_masked = int(rec["hidden"][ids].sum())
     fig.suptitle(f"event {event}, {face} face: mask ratio {ratio:.2f} ({n_masked} of {ids.size} sensors hidden)")
     info = {
         "ratio": ratio,
@@ -55,7 +55,7 @@ def render(
         "event": event,
         "n_masked": n_masked,
         "n_sensors": int(ids.size),
-        "recon_sum": float(np.nansum(rec["reconstruction"][ids][rec["mask"][ids]])),
+        "recon_sum": float(np.nansum(rec["reconstruction"][ids][rec["hidden"][ids]])),
     }
     return fig, info
 
