@@ -21,12 +21,44 @@ def test_npho_formulas_by_hand():
     expect = {
         "log1p": math.log1p(x / s1) / s2,
         "sqrt": math.sqrt(x / s1) / s2,
-        "anscombe": 2 * math.sqrt(x / s1 + 3 / 8) / s2,
+        "anscombe": 2 * math.sqrt(x + 3 / 8) / math.sqrt(s1) / s2,
         "linear": x / s1 / s2,
     }
     for scheme, value in expect.items():
         n = Normalizer(npho_scheme=scheme, npho_scale=s1, npho_scale2=s2)
         assert n.npho(torch.tensor(x, dtype=torch.float64)).item() == pytest.approx(value, rel=1e-12)
+
+
+def poisson_variance_of(f, mean: float) -> float:
+    """Exact variance of f(X) for X ~ Poisson(mean), summed over the pmf (+-15 sigma)."""
+    lo, hi = max(0, int(mean - 15 * mean**0.5) - 10), int(mean + 15 * mean**0.5) + 10
+    k = torch.arange(lo, hi + 1, dtype=torch.float64)
+    p = torch.exp(k * math.log(mean) - mean - torch.lgamma(k + 1))
+    y = f(k)
+    m = (p * y).sum() / p.sum()
+    return float((p * (y - m) ** 2).sum() / p.sum())
+
+
+def test_anscombe_is_variance_stabilising():
+    s1, s2 = 100.0, 2.5
+    n = Normalizer(npho_scheme="anscombe", npho_scale=s1, npho_scale2=s2)
+    var = [poisson_variance_of(n.npho, m) * s1 * s2**2 for m in (3, 10, 30, 100, 1e3, 1e4)]
+    assert max(var) / min(var) < 1.05  # the old transform of npho / scale varied 13.6x here
+    assert all(abs(v - 1) < 0.05 for v in var)  # the documented variance 1 / (s1 s2^2)
+
+
+@pytest.mark.parametrize("scheme", NPHO_SCHEMES)
+def test_negative_counts_are_kept_and_invert_exactly(scheme):
+    n = Normalizer(npho_scheme=scheme, npho_scale=37.0, npho_scale2=1.7)
+    raw = torch.tensor([-5000.0, -40.0, -1.0, -0.375, -0.2, 0.0, 0.2, 3.0, 900.0], dtype=torch.float64)
+    y = n.npho(raw)
+    assert torch.isfinite(y).all()
+    assert (y.diff() > 0).all()  # monotonic through the domain edge
+    assert torch.allclose(n.npho_inverse(y), raw, rtol=1e-12, atol=1e-9)
+    x, valid, _ = n(raw.float()[None], torch.zeros(1, raw.numel()))
+    assert valid.all()
+    back = n.npho_inverse(x[0, :, 0].double())
+    assert torch.allclose(back, raw, rtol=1e-5, atol=1e-4)  # not clamped to 0
 
 
 def test_time_round_trip_and_formula():

@@ -120,6 +120,27 @@ def test_accumulating_n_micro_batches_equals_one_big_batch(tmp_path):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_ragged_last_group_weighs_every_sample_the_same(tmp_path, clip):
+    # 22 samples, batch 3, accumulation 3: batches 3 3 3 | 3 3 3 | 3 1 -> the last group has a full
+    # batch and a one-sample batch; its update must be the big-batch update on those 4 samples
+    data = ToyData(22)
+    tr = Trainer(toy_model(), toy_task, data, None, toy_cfg(tmp_path, batch_size=3, grad_accum_steps=3, grad_clip=clip))
+    log = record_steps(tr)
+    tr.fit()
+    assert len(log) == 3
+    order = list(tr.sampler)
+    ref_model = toy_model()
+    for k, (first, last) in enumerate([(0, 9), (9, 18), (18, 22)]):
+        idx = torch.tensor(order[first:last])
+        ref = batch_grads(ref_model, log[k]["before"], data.x[idx], data.y[idx])
+        if clip is not None:  # clipping acts on the group's gradient, as on the big batch's
+            norm = torch.sqrt(sum((g**2).sum() for g in ref))
+            ref = [g * min(1.0, clip / (float(norm) + 1e-6)) for g in ref]
+        for a, b in zip(log[k]["grads"], ref):
+            assert torch.allclose(a, b, atol=1e-6), k
+
+
 def test_leftover_group_steps_with_its_true_size(tmp_path):
     data = ToyData(80)  # 10 batches of 8, accumulation 4 -> groups of 4, 4, 2
     tr = Trainer(toy_model(), toy_task, data, None, toy_cfg(tmp_path, grad_accum_steps=4))
@@ -139,15 +160,18 @@ def test_leftover_group_steps_with_its_true_size(tmp_path):
 # ------------------------------------------------------------------------------------------ EMA
 
 
-def test_ema_follows_the_formula(tmp_path):
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_follows_the_formula(tmp_path, warmup):
     d = 0.9
-    tr = Trainer(toy_model(), toy_task, ToyData(40), None, toy_cfg(tmp_path, ema_decay=d, epochs=2))
+    cfg = toy_cfg(tmp_path, ema_decay=d, ema_warmup=warmup, epochs=2)
+    tr = Trainer(toy_model(), toy_task, ToyData(40), None, cfg)
     log = record_steps(tr)
     tr.fit()
     ema = None
-    for entry in log:  # first update copies, then e = d e + (1 - d) theta
+    for k, entry in enumerate(log, start=1):  # first update copies, then e = d_k e + (1 - d_k) theta
         theta = entry["after"]
-        ema = [t.clone() for t in theta] if ema is None else [d * e + (1 - d) * t for e, t in zip(ema, theta)]
+        dk = min(d, (1 + k) / (10 + k)) if warmup else d  # TensorFlow's warm-up, per optimiser step k
+        ema = [t.clone() for t in theta] if ema is None else [dk * e + (1 - dk) * t for e, t in zip(ema, theta)]
     for e, p in zip(ema, tr.ema.module.parameters()):
         assert torch.allclose(e, p, atol=1e-6)
     # and the checkpoint exports the EMA weights for inference
@@ -200,7 +224,7 @@ def test_onecycle_counts_optimiser_steps_with_a_leftover_group(tmp_path):
 
 def test_plateau_and_none(tmp_path):
     cfg = toy_cfg(tmp_path, scheduler="plateau", lr=1.0, lr_patience=1, lr_factor=0.5, lr_min=0.3)
-    opt = build_optimizer(toy_model().parameters(), cfg, 1)
+    opt = build_optimizer(toy_model(), cfg, 1)
     sched = build_scheduler(opt, cfg, 1)
     lrs = []
     for val_loss in [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0]:
@@ -275,6 +299,18 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
 
 
 # ------------------------------------------------------------------------------ failure & files
+
+
+def test_nan_weights_behind_a_finite_loss_stop_the_run(tmp_path):
+    def sneaky_task(model, batch):
+        loss, faces = toy_task(model, batch)
+        w = model[0].weight
+        # value 0, gradient NaN (d sqrt at 0); nan_to_num keeps the loss finite once the weights are NaN
+        return torch.nan_to_num(loss + 0 * torch.sqrt((0 * w).pow(2).sum()), nan=1.0), faces
+
+    tr = Trainer(toy_model(), sneaky_task, ToyData(32), None, toy_cfg(tmp_path, epochs=2, log_every=2))
+    with pytest.raises(NonFiniteLossError, match=r"model weights became NaN/inf by optimiser step 2 .*0\.weight"):
+        tr.fit()
 
 
 def test_nan_loss_stops_with_step_and_checkpoint(tmp_path):
@@ -357,7 +393,7 @@ def test_bad_config_errors_name_the_key(tmp_path):
         "training.lr=0": r"training.lr must be in \(0.0, inf\], got 0.0",
         "training.batch_size=0": r"training.batch_size must be in \[1, inf\]",
         "training.epochs=1.5": r"training.epochs must be of type int",
-        "model.mask_ratio=1.5": r"model.mask_ratio must be in \[0.0, 1.0\]",
+        "model.mask_ratio=1.5": r"model.mask_ratio must be in \(0.0, 1.0\)",
         "model.posenc=relative": r"model.posenc must be one of .*'rope', 'alibi'",
         "trainin.lr=1": r"unknown key 'trainin'.*did you mean 'training'",
         "model.channel_weights=[1]": r"model.channel_weights must have 2 values",
@@ -433,3 +469,43 @@ def test_ddp_two_cpu_processes_equal_one_process(tmp_path):
         assert torch.allclose(a, c.detach(), atol=1e-6)
     # rank 0 alone wrote the checkpoint and metrics
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+# ------------------------------------------------------------------------------- weight decay
+
+
+def test_weight_decay_spares_biases_norms_grn_posenc_and_mask_tokens():
+    from xecbench.nn import XECMAE, MAEConfig, encoder_config
+    from xecbench.train.optim import param_groups
+
+    model = XECMAE(MAEConfig(encoder=encoder_config("tiny", hex_op="attention")))
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    spared = {by_id[id(p)] for p in no_decay["params"]}
+    decayed = {by_id[id(p)] for p in decay["params"]}
+    assert spared.isdisjoint(decayed) and spared | decayed == set(by_id.values())
+    # an independent list of what must not decay, by kind of module and by name
+    must_spare = set()
+    for mname, m in model.named_modules():
+        for pname, _ in m.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if isinstance(m, nn.LayerNorm) or pname in ("bias", "gamma", "beta", "table", "mask_token", "dir_emb"):
+                must_spare.add(full)
+    assert must_spare <= spared
+    assert "encoder.fusion.posenc.table" in spared and "decoders.inner.mask_token" in spared
+    assert any(n.endswith("grn.gamma") for n in spared)
+    # and every conv / linear kernel decays
+    kernels = {
+        f"{mn}.weight" for mn, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d) and m.weight.ndim >= 2
+    }
+    assert kernels <= decayed
+
+
+def test_num_workers_reach_the_loader(tmp_path):
+    cfg = Config()
+    cfg.data.num_workers = 2
+    tr = Trainer(toy_model(), toy_task, ToyData(16), None, toy_cfg(tmp_path), config=cfg)
+    assert tr.loader.num_workers == 2
+    tr.fit()  # and training runs with worker processes
+    assert tr.step == 2

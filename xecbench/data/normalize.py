@@ -1,7 +1,20 @@
 """Raw (npho, time) -> network inputs, and back.
 
-npho: ``f(npho / npho_scale) / npho_scale2`` with ``f`` chosen by ``npho_scheme``:
-``log1p`` (default), ``sqrt``, ``anscombe`` (2 sqrt(u + 3/8)) or ``linear`` (identity).
+npho, by ``npho_scheme`` (``s1 = npho_scale``, ``s2 = npho_scale2``):
+
+* ``log1p`` (default): ``log1p(npho / s1) / s2``;
+* ``sqrt``: ``sqrt(npho / s1) / s2``;
+* ``anscombe``: ``2 sqrt(npho + 3/8) / (sqrt(s1) s2)``, the Anscombe transform of the photon count
+  itself. It is variance-stabilising: for a Poisson count of any mean above a few photons the
+  transformed value has variance ``1 / (s1 s2^2)`` (within about 2 %); the scales only set the size
+  of the output, never where the ``3/8`` offset sits;
+* ``linear``: ``npho / s1 / s2``.
+
+Negative counts are kept (real files carry them after baseline subtraction). Below the domain of
+a scheme (``log1p``, ``sqrt``: npho < 0; ``anscombe``: npho < -3/8) the transform continues as its
+odd mirror image, ``f(-a) = -f(a)`` about the domain edge, so it stays continuous, monotonic and
+exactly invertible everywhere.
+
 time: ``time / time_scale - time_shift``. Both have exact inverses.
 
 Invalid sensors (npho > 9e9, NaN or inf; a time > 9e9, NaN or inf) get ``sentinel`` in normalised
@@ -12,6 +25,7 @@ never let the sentinel reach a convolution unmasked.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +33,14 @@ import torch
 
 INVALID_THRESHOLD = 9e9
 NPHO_SCHEMES = ("log1p", "sqrt", "anscombe", "linear")
+ANSCOMBE_OFFSET = 3.0 / 8.0  # photons
 
 Array = torch.Tensor | np.ndarray
+
+
+def _odd(f, v: torch.Tensor) -> torch.Tensor:
+    """``f`` on ``v >= 0`` continued as an odd function: ``sign(v) f(|v|)`` (for f(0) = 0)."""
+    return torch.sign(v) * f(v.abs())
 
 
 def raw_invalid(a: Array) -> torch.Tensor:
@@ -48,24 +68,24 @@ class Normalizer:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
 
     def npho(self, raw: torch.Tensor) -> torch.Tensor:
-        u = raw / self.npho_scale
-        f = {
-            "log1p": torch.log1p,
-            "sqrt": torch.sqrt,
-            "anscombe": lambda v: 2.0 * torch.sqrt(v + 0.375),
-            "linear": lambda v: v,
-        }[self.npho_scheme]
-        return f(u) / self.npho_scale2
+        s1, s2 = self.npho_scale, self.npho_scale2
+        if self.npho_scheme == "log1p":
+            return _odd(torch.log1p, raw / s1) / s2
+        if self.npho_scheme == "sqrt":
+            return _odd(torch.sqrt, raw / s1) / s2
+        if self.npho_scheme == "anscombe":
+            return 2.0 * _odd(torch.sqrt, raw + ANSCOMBE_OFFSET) / (math.sqrt(s1) * s2)
+        return raw / s1 / s2
 
     def npho_inverse(self, y: torch.Tensor) -> torch.Tensor:
-        v = y * self.npho_scale2
-        f_inv = {
-            "log1p": torch.expm1,
-            "sqrt": torch.square,
-            "anscombe": lambda w: (w / 2.0) ** 2 - 0.375,
-            "linear": lambda w: w,
-        }[self.npho_scheme]
-        return f_inv(v) * self.npho_scale
+        s1, s2 = self.npho_scale, self.npho_scale2
+        if self.npho_scheme == "log1p":
+            return _odd(torch.expm1, y * s2) * s1
+        if self.npho_scheme == "sqrt":
+            return _odd(torch.square, y * s2) * s1
+        if self.npho_scheme == "anscombe":
+            return _odd(torch.square, y * math.sqrt(s1) * s2 / 2.0) - ANSCOMBE_OFFSET
+        return y * s2 * s1
 
     def time(self, raw: torch.Tensor) -> torch.Tensor:
         return raw / self.time_scale - self.time_shift
@@ -82,8 +102,8 @@ class Normalizer:
             raise ValueError(f"npho and time must have the same shape, got {npho.shape} and {time.shape}")
         valid = ~raw_invalid(npho)
         time_valid = valid & ~raw_invalid(time)
-        # clamp before transforming so invalid entries do not produce NaN warnings or overflow
-        xn = self.npho(torch.where(valid, npho, 0).clamp(min=0).double())
+        # invalid entries become 0 before transforming, so they produce no NaN warnings or overflow
+        xn = self.npho(torch.where(valid, npho, 0).double())
         xt = self.time(torch.where(time_valid, time, 0).double())
         x = torch.stack([xn.masked_fill(~valid, self.sentinel), xt.masked_fill(~time_valid, self.sentinel)], dim=-1)
         return x.float(), valid, time_valid

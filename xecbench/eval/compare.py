@@ -45,16 +45,20 @@ def compare_inpainting(
     scored = torch.cat(scored_all)
     out_raw = {m: metrics_by_face(torch.cat(p), truth, scored) for m, p in preds.items()}
     truth_n = norm.npho(truth)
-    out_norm = {m: metrics_by_face(norm.npho(torch.cat(p).clamp(min=0)), truth_n, scored) for m, p in preds.items()}
-    residuals = {m: (norm.npho(torch.cat(p).clamp(min=0)) - truth_n)[scored].numpy() for m, p in preds.items()}
+    out_norm = {m: metrics_by_face(norm.npho(torch.cat(p)), truth_n, scored) for m, p in preds.items()}
+    residuals = {m: (norm.npho(torch.cat(p)) - truth_n)[scored].numpy() for m, p in preds.items()}
     return {"normalised": out_norm, "raw": out_raw, "residuals_normalised": residuals}
 
 
 def format_table(result: dict[str, dict[str, dict[str, float]]], stat: str = "rmse") -> str:
-    """One row per method, one column per face (and all) of ``stat``."""
+    """One row per method, one column per face (and all) of ``stat``; columns are right-aligned and
+    at least two spaces apart, however long the numbers."""
     methods = list(result)
     faces = list(next(iter(result.values())))
-    lines = [f"{stat:<18}" + "".join(f"{f:>10}" for f in faces)]
+    cells = {m: [f"{result[m][f][stat]:.4g}" for f in faces] for m in methods}
+    widths = [max(10, len(f) + 2, *(len(cells[m][i]) + 2 for m in methods)) for i, f in enumerate(faces)]
+    name_w = max(18, len(stat) + 2, *(len(m) + 2 for m in methods))
+    lines = [f"{stat:<{name_w}}" + "".join(f"{f:>{w}}" for f, w in zip(faces, widths))]
     for m in methods:
-        lines.append(f"{m:<18}" + "".join(f"{result[m][f][stat]:>10.4g}" for f in faces))
+        lines.append(f"{m:<{name_w}}" + "".join(f"{c:>{w}}" for c, w in zip(cells[m], widths)))
     return "\n".join(lines)

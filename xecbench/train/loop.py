@@ -1,9 +1,12 @@
 """The one training loop: MAE pretraining and inpainting, in notebooks, from the CLI and in sweeps.
 
-Per micro-batch: forward under autocast, ``loss / n`` backward, where ``n`` is the true size of the
-accumulation group (``grad_accum_steps``, or fewer for the leftover group at the end of an epoch).
-Per group: unscale, clip, optimiser step, EMA update, scheduler step. The only host synchronisations
-are at ``log_every`` optimiser steps and at epoch ends (loss values, the non-finite check).
+Per micro-batch: forward under autocast, ``loss * b / n`` backward, where ``b`` is the micro-batch's
+number of samples and ``n`` the group's (``grad_accum_steps`` batches, or fewer for the leftover
+group at the end of an epoch, whose last batch may be short too): every sample weighs the same, so
+an accumulated update equals the big-batch update on the same samples. Per group: unscale, clip,
+optimiser step, EMA update (decay warmed up, :func:`.optim.ema_decay_at`), scheduler step. The only
+host synchronisations are at ``log_every`` optimiser steps and at epoch ends (loss values, the
+non-finite checks of the loss and of the weights).
 
 Per epoch: validation of the live and the EMA weights (Schedule-Free switched to eval mode around
 it), ``ReduceLROnPlateau`` step, metrics to memory / callbacks / ``metrics.csv`` / ``metrics.json``,
@@ -35,7 +38,7 @@ from ..data.io import atomic_path
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, TrainingConfig
 from .distributed import DistInfo, current
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, ema_decay_at
 
 Callback = Callable[[str, "Trainer", dict[str, Any]], None]
 
@@ -111,17 +114,20 @@ class Trainer:
         self.sampler = DistributedSampler(
             train_data, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.seed
         )
-        self.loader = DataLoader(train_data, batch_size=cfg.batch_size, sampler=self.sampler)
+        workers = config.data.num_workers if config is not None else 0
+        self.loader = DataLoader(
+            train_data,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
         self.batches_per_epoch = len(self.loader)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum_steps)
-        self.optimizer = build_optimizer(self.model.parameters(), cfg, self.steps_per_epoch)
+        self.optimizer = build_optimizer(self.model, cfg, self.steps_per_epoch)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.ema = (
-            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
-            if cfg.ema_decay is not None
-            else None
-        )
+        self.ema = AveragedModel(self.model, multi_avg_fn=self._ema_update) if cfg.ema_decay is not None else None
         self.callbacks = list(callbacks)
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # epochs finished
@@ -135,6 +141,16 @@ class Trainer:
         fn = getattr(self.optimizer, "train" if train else "eval", None)
         if callable(fn) and self.cfg.optimizer == "schedulefree_adamw":
             fn()
+
+    def _ema_update(self, averaged: list, current: list, n_averaged: torch.Tensor) -> None:
+        """torch's EMA update at the warmed-up decay of this optimiser step (``self.step + 1``)."""
+        decay = ema_decay_at(self.step + 1, self.cfg.ema_decay, self.cfg.ema_warmup)
+        get_ema_multi_avg_fn(decay)(averaged, current, n_averaged)
+
+    def _batch_sizes(self) -> list[int]:
+        """Samples in each batch of an epoch on this rank (the last batch may be short)."""
+        n, bs = len(self.sampler), self.cfg.batch_size
+        return [min(bs, n - start) for start in range(0, n, bs)]
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -159,6 +175,7 @@ class Trainer:
         self._optimizer_mode(True)
         self.sampler.set_epoch(self.epoch)
         n_batches, N = self.batches_per_epoch, cfg.grad_accum_steps
+        sizes = self._batch_sizes()
         loss_sum = torch.zeros((), device=self.device)
         group_loss = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -171,16 +188,17 @@ class Trainer:
         for i, batch in enumerate(self.loader):
             batch = _move(batch, self.device)
             group_start = (i // N) * N
-            group_size = min(N, n_batches - group_start)  # the leftover group is shorter
-            last_in_group = i == group_start + group_size - 1
+            group_end = min(group_start + N, n_batches)  # the leftover group is shorter
+            last_in_group = i == group_end - 1
+            weight = sizes[i] / sum(sizes[group_start:group_end])  # this batch's share of the group's samples
             sync = contextlib.nullcontext() if (self.ddp is None or last_in_group) else self.ddp.no_sync()
             with sync:
                 with self._autocast():
                     loss, _ = self.task(net, batch)
-                self.scaler.scale(loss / group_size).backward()
+                self.scaler.scale(loss * weight).backward()
             loss = loss.detach().float()
-            group_loss += loss / group_size
-            loss_sum += loss
+            group_loss += loss * weight
+            loss_sum += loss * sizes[i]
             bad = ~torch.isfinite(loss)
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, self.step), first_bad)
             bar.update()
@@ -217,15 +235,25 @@ class Trainer:
             group_loss = torch.zeros((), device=self.device)
         bar.close()
         self._check_finite(first_bad)
-        return {"train_loss": float(loss_sum) / max(n_batches, 1)}
+        return {"train_loss": float(loss_sum) / max(sum(sizes), 1)}
 
     def _check_finite(self, first_bad: torch.Tensor) -> None:
+        """Stop on a NaN/inf loss, or on NaN/inf weights behind a finite loss (a host sync: call it
+        at logging intervals only)."""
         bad_step = int(first_bad)
+        where = self.last_checkpoint or "none written yet"
         if bad_step >= 0:
-            where = self.last_checkpoint or "none written yet"
             raise NonFiniteLossError(
                 f"training loss became NaN/inf at optimiser step {bad_step + 1} (epoch {self.epoch + 1}); "
                 f"last good checkpoint: {where}"
+            )
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()])
+        if not bool(finite.all()):
+            names = [n for (n, _), ok in zip(self.model.named_parameters(), finite.tolist()) if not ok]
+            raise NonFiniteLossError(
+                f"model weights became NaN/inf by optimiser step {self.step} (epoch {self.epoch + 1}) while the "
+                f"loss stayed finite ({len(names)} tensors, first {names[0]}); check training.lr / max_lr and "
+                f"grad_clip; last good checkpoint: {where}"
             )
 
     # -------------------------------------------------------------------------------- validation
@@ -311,7 +339,12 @@ class Trainer:
         return self.last_checkpoint
 
     def load(self, path: str | Path) -> None:
+        """Continue from a checkpoint of this model and config (see :func:`.checkpoint.check_resumable`)."""
+        from .checkpoint import check_resumable
+
         state = load_checkpoint(path, map_location=self.device)
+        config = self.full_config.to_dict() if self.full_config else {"training": vars(self.cfg)}
+        check_resumable(path, state, self.model.state_dict(), config)
         self._optimizer_mode(False)  # the saved weights are Schedule-Free's evaluation weights
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -16,6 +16,13 @@ epoch, so fractional epochs are ``step / steps_per_epoch``:
 Learning-rate-free optimisers: Schedule-Free AdamW (``schedulefree``; no scheduler, its own warmup
 of ``warmup_epochs``) and D-Adaptation Adam (``dadaptation``; ``lr`` is a multiplier, keep 1.0;
 decoupled weight decay).
+
+Weight decay applies to the weight matrices and kernels of linear and convolution layers only: not
+to biases, norm gains, GRN's gamma and beta, positional tables, mask tokens or direction embeddings
+(the nanoGPT and timm convention; :func:`param_groups`).
+
+The EMA shadow's decay is warmed up (:func:`ema_decay_at`), as TensorFlow's moving averages do, so
+a short run validates an average of its recent weights rather than of its initial ones.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Iterable
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from .config import ConfigError, TrainingConfig
@@ -42,10 +49,30 @@ def cosine_factor(step: int, steps_per_epoch: int, cfg: TrainingConfig) -> float
     return lr / cfg.lr
 
 
-def build_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: TrainingConfig, steps_per_epoch: int
-) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
+    """EMA decay for the update after optimiser step ``step`` (1, 2, ...): ``min(decay, (1 + step) /
+    (10 + step))`` with warm-up, else ``decay``. (The first update copies the weights anyway.)"""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
+def decays(name: str, p: nn.Parameter) -> bool:
+    """Whether weight decay applies: weight matrices / kernels of linear and conv layers only."""
+    return p.ndim >= 2 and name.rsplit(".", 1)[-1] == "weight"
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable parameters in two groups: with ``weight_decay`` and without (see :func:`decays`)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainingConfig, steps_per_epoch: int) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg.optimizer`` over the trainable parameters of ``model`` (two weight-decay
+    groups)."""
+    params = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     if cfg.optimizer == "schedulefree_adamw":
