@@ -23,13 +23,13 @@ def test_render_hides_the_expected_number_of_sensors(setup):
         fig, info = render(model, ds, 0, face, ratio)
         n_valid_total = int(valid.sum())
         # the mask draws floor(ratio * n_valid) sensors over the whole detector; this face gets its share
-        assert 0 < info["n_masked"] <= valid[geo.face_ids(face)].sum()
+        assert 0 < info["n_hidden"] <= valid[geo.face_ids(face)].sum()
         assert info["n_sensors"] == geo.face_ids(face).size
         assert len(fig.axes) == 6  # four panels, two colour bars
         plt.close(fig)
     fig, info = render(model, ds, 0, "inner", 0.6)
     masked_all = math.floor(0.6 * n_valid_total)
-    assert abs(info["n_masked"] - masked_all * 4092 / 4760) < 0.05 * masked_all
+    assert abs(info["n_hidden"] - masked_all * 4092 / 4760) < 0.05 * masked_all
     plt.close(fig)
     with pytest.raises(ValueError, match="face must be one of"):
         render(model, ds, 0, "side", 0.5)
@@ -41,7 +41,7 @@ def test_widget_redraws_on_slider_and_selectors(setup):
     first = dict(box.last)
     assert len(box.output.outputs) == 1 and "image/png" in box.output.outputs[0]["data"]
     box.controls["ratio"].value = 0.2
-    assert box.last["ratio"] == 0.2 and box.last["n_masked"] < first["n_masked"] / 2
+    assert box.last["ratio"] == 0.2 and box.last["n_hidden"] < first["n_hidden"] / 2
     assert box.last["recon_sum"] != first["recon_sum"]  # a new reconstruction was drawn
     assert len(box.output.outputs) == 1  # replaced, not stacked
     assert "mask ratio 0.20" in box.children[1].value

@@ -166,3 +166,21 @@ def test_masked_loss_against_a_loop():
     zero, _ = masked_loss(p, target, nothing, FaceLayout())
     zero.backward()
     assert zero.item() == 0.0 and (p.grad == 0).all()
+
+
+def test_fully_hidden_cells_against_a_loop():
+    from xecbench.viz import fully_hidden_cells
+
+    cells = encoder_config("tiny").last_stage_cells()
+    g = torch.Generator().manual_seed(5)
+    valid = torch.rand(2, 4760, generator=g) > 0.3
+    hidden = random_hidden(valid, 0.7, g, cells)
+    hidden[1] |= random_hidden(valid[1:], 0.5, g)[0]  # some partly hidden cells too
+    got = fully_hidden_cells(hidden, valid, cells)
+    for b in range(2):
+        ref = {}
+        for i, c in enumerate(cells.tolist()):
+            if valid[b, i]:
+                ref[c] = ref.get(c, True) and bool(hidden[b, i])
+        expect = torch.tensor([ref.get(c, False) for c in cells.tolist()])
+        assert torch.equal(got[b], expect)

@@ -16,9 +16,9 @@ def event(events):
 def test_unfolded_display_draws_every_sensor(event):
     npho, _ = event
     dead = raw_invalid(npho).numpy()
-    masked = np.zeros(4760, bool)
-    masked[np.random.default_rng(0).choice(4760, 500, replace=False)] = True
-    fig = event_display(npho, dead=dead, masked=masked, title="t")
+    hidden = np.zeros(4760, bool)
+    hidden[np.random.default_rng(0).choice(4760, 500, replace=False)] = True
+    fig = event_display(npho, dead=dead, hidden=hidden, title="t")
     arts = fig.face_artists
     assert arts["inner"].main.get_array().shape == (93, 44)
     assert arts["us"].main.get_array().shape == (24, 6) and arts["ds"].main.get_array().shape == (24, 6)
@@ -26,7 +26,7 @@ def test_unfolded_display_draws_every_sensor(event):
     assert len(arts["outer"].main.get_paths()) == 234
     for face in geo.FACES:
         ids = geo.face_ids(face)
-        assert len(arts[face].masked.get_offsets()) == masked[ids].sum()
+        assert len(arts[face].hidden.get_offsets()) == hidden[ids].sum()
         assert len(arts[face].dead.get_offsets()) == dead[ids].sum()
     assert isinstance(arts["inner"].main.norm, LogNorm)
     assert len(fig.axes) == 7  # six faces and a colour bar

@@ -65,7 +65,7 @@ def run_demo(
     fig = event_display(
         rec["reconstruction"],
         dead=rec["dead"],
-        masked=rec["hidden"],
+        hidden=rec["hidden"],
         title="Reconstructed event (white dots: sensors the model filled in)",
     )
     fig.savefig(out / "reconstruction_event.png", dpi=110)

@@ -4,6 +4,7 @@ the mask explorer widget."""
 from .curves import plot_attention, plot_face_bars, plot_loss_curves, plot_lr_curves, plot_residuals
 from .display import FaceArtists, draw_face, event_display, face_panels, flat_coords
 from .explorer import mask_explorer, render
+from .masks import fully_hidden_cells, plot_mask_units
 
 __all__ = [
     "FaceArtists",
@@ -11,11 +12,13 @@ __all__ = [
     "event_display",
     "face_panels",
     "flat_coords",
+    "fully_hidden_cells",
     "mask_explorer",
     "plot_attention",
     "plot_face_bars",
     "plot_loss_curves",
     "plot_lr_curves",
+    "plot_mask_units",
     "plot_residuals",
     "render",
 ]

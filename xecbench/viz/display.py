@@ -10,7 +10,7 @@ Flat coordinates of each face (x, y in cm):
   from the inner face); a hexagon per PMT.
 
 npho is drawn on a log colour scale, time on a linear one with another colour map. Invalid values
-(raw > 9e9 or NaN) are drawn grey. Dead sensors get a black cross, masked sensors a white dot.
+(raw > 9e9 or NaN) are drawn grey. Dead sensors get a black cross, hidden sensors a white dot.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class FaceArtists:
 
     main: AxesImage | PatchCollection
     dead: PathCollection | None
-    masked: PathCollection | None
+    hidden: PathCollection | None
 
 
 def draw_face(
@@ -78,7 +78,7 @@ def draw_face(
     *,
     quantity: str = "npho",
     dead: np.ndarray | None = None,
-    masked: np.ndarray | None = None,
+    hidden: np.ndarray | None = None,
     norm: Normalize | None = None,
     cmap: str | None = None,
     labels: bool = True,
@@ -86,7 +86,7 @@ def draw_face(
     """Draw one face of one event.
 
     values: ``(4760,)`` raw values (npho or time; invalid > 9e9 or NaN shown grey).
-    dead, masked: ``(4760,)`` bool (True = dead / masked), drawn as overlays.
+    dead, hidden: ``(4760,)`` bool (True = dead / hidden), drawn as overlays.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (geo.N_CHANNELS,):
@@ -148,12 +148,12 @@ def draw_face(
         return ax.scatter(xy[sel, 0], xy[sel, 1], **style)
 
     small = face == "inner"
-    masked_art = overlay(masked, s=3 if small else 14, c="white", marker="o", linewidths=0)
+    hidden_art = overlay(hidden, s=3 if small else 14, c="white", marker="o", linewidths=0)
     dead_art = overlay(dead, s=8 if small else 30, c="black", marker="x", linewidths=0.8)
     if labels:
         ax.set_title(face, fontsize=9)
         ax.tick_params(labelsize=6)
-    return FaceArtists(main=main, dead=dead_art, masked=masked_art)
+    return FaceArtists(main=main, dead=dead_art, hidden=hidden_art)
 
 
 def event_display(
@@ -161,7 +161,7 @@ def event_display(
     *,
     quantity: str = "npho",
     dead: np.ndarray | None = None,
-    masked: np.ndarray | None = None,
+    hidden: np.ndarray | None = None,
     title: str | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
@@ -182,7 +182,7 @@ def event_display(
         height_ratios=[1.1, 3, 1.1],
         layout="constrained",
     )
-    arts = {f: draw_face(axes[f], values, f, quantity=quantity, dead=dead, masked=masked, norm=norm) for f in geo.FACES}
+    arts = {f: draw_face(axes[f], values, f, quantity=quantity, dead=dead, hidden=hidden, norm=norm) for f in geo.FACES}
     axes["inner"].set_xlabel("z (cm)", fontsize=7)
     axes["inner"].set_ylabel("arc length (cm)", fontsize=7)
     label = "npho (photons)" if quantity == "npho" else "time (ns)"
@@ -198,7 +198,7 @@ def face_panels(
     face: str,
     *,
     quantity: str = "npho",
-    masked: np.ndarray | None = None,
+    hidden: np.ndarray | None = None,
     dead: np.ndarray | None = None,
     figsize: tuple[float, float] | None = None,
     title: str | None = None,
@@ -214,7 +214,7 @@ def face_panels(
     )
     arts = []
     for ax, (name, v) in zip(axes[0], panels.items()):
-        arts.append(draw_face(ax, v, face, quantity=quantity, norm=norm, masked=masked, dead=dead))
+        arts.append(draw_face(ax, v, face, quantity=quantity, norm=norm, hidden=hidden, dead=dead))
         ax.set_title(f"{face}: {name}", fontsize=9)
     fig.colorbar(
         arts[0].main, ax=list(axes[0]), shrink=0.8, label="npho (photons)" if quantity == "npho" else "time (ns)"

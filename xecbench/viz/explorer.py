@@ -28,7 +28,7 @@ def render(
 ) -> tuple[Figure, dict[str, Any]]:
     """Masked input, reconstruction, truth and relative error on one face of one event.
 
-    Returns the figure and ``{"ratio", "face", "event", "n_masked", "n_sensors", "recon_sum"}``.
+    Returns the figure and ``{"ratio", "face", "event", "n_hidden", "n_sensors", "recon_sum"}``.
     """
     if face not in geo.FACES:
         raise ValueError(f"face must be one of {geo.FACES}, got {face!r}")
@@ -47,13 +47,13 @@ def render(
     e = draw_face(axes[3], err, face, quantity="time", norm=Normalize(-1, 1), cmap="coolwarm")
     axes[3].set_title("(reco - truth) / truth, hidden", fontsize=9)
     fig.colorbar(e.main, ax=axes[3], shrink=0.8)
-    n_masked = int(rec["hidden"][ids].sum())
-    fig.suptitle(f"event {event}, {face} face: mask ratio {ratio:.2f} ({n_masked} of {ids.size} sensors hidden)")
+    n_hidden = int(rec["hidden"][ids].sum())
+    fig.suptitle(f"event {event}, {face} face: mask ratio {ratio:.2f} ({n_hidden} of {ids.size} sensors hidden)")
     info = {
         "ratio": ratio,
         "face": face,
         "event": event,
-        "n_masked": n_masked,
+        "n_hidden": n_hidden,
         "n_sensors": int(ids.size),
         "recon_sum": float(np.nansum(rec["reconstruction"][ids][rec["hidden"][ids]])),
     }
@@ -100,7 +100,7 @@ def mask_explorer(
         out.outputs = ()
         out.append_display_data(Image(data=_png(fig), format="png"))
         readout.value = (
-            f"<b>mask ratio {info['ratio']:.2f}</b>: {info['n_masked']} of {info['n_sensors']}"
+            f"<b>mask ratio {info['ratio']:.2f}</b>: {info['n_hidden']} of {info['n_sensors']}"
             f" sensors on the {info['face']} face hidden"
         )
         box.last = info
