@@ -20,8 +20,10 @@ def test_simulate_writes_a_readable_file(tmp_path, capsys):
     out = tmp_path / "s.root"
     main(["simulate", "50", "--out", str(out), "--seed", "4"])
     assert np.array_equal(read_root(out)["npho"], simulate(50, seed=4)["npho"])
-    with pytest.raises(SystemExit, match="must end in .root or .npz"):
+    with pytest.raises(SystemExit) as exc:
         main(["simulate", "5", "--out", str(tmp_path / "s.csv")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == f"xecbench simulate: --out must end in .root or .npz, got {tmp_path / 's.csv'}\n"
 
 
 def test_display_writes_a_png(tmp_path):

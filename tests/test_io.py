@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import awkward as ak
 import numpy as np
 import pytest
@@ -133,3 +137,42 @@ def test_writes_are_atomic(tmp_path, events, monkeypatch):
             tmp.write_text("half")
             raise ValueError("boom")
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_a_truncated_root_file_is_named(tmp_path, events):
+    path = write_root(tmp_path / "whole.root", events)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.root"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataFormatError, match=r"cut.root: reading tree 'tree' failed, the file may be truncated"):
+        read_root(cut)
+    with pytest.raises(DataFormatError, match="cut.root"):
+        next(iter_root(cut, step_size=64))
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_the_users_umask(tmp_path, events, umask, mode):
+    old = os.umask(umask)
+    try:
+        assert io.current_umask() == umask
+        paths = [write_root(tmp_path / "a.root", _small(events)), save_npz(tmp_path / "a.npz", _small(events))]
+        with io.atomic_path(tmp_path / "m.json") as tmp:
+            tmp.write_text("{}")
+        paths.append(tmp_path / "m.json")
+    finally:
+        os.umask(old)
+    for p in paths:
+        assert p.stat().st_mode & 0o777 == mode, p
+
+
+def test_temporaries_of_a_killed_write_are_removed(tmp_path, events):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".a.npz.{dead.pid}-x1y2.tmp.npz"
+    ours = tmp_path / f".a.npz.{os.getpid()}-z3.tmp.npz"
+    live = tmp_path / f".a.npz.{os.getppid()}-w4.tmp.npz"  # another process still writing
+    other = tmp_path / f".b.npz.{dead.pid}-v5.tmp.npz"  # another target
+    for p in (stale, ours, live, other):
+        p.write_bytes(b"half")
+    save_npz(tmp_path / "a.npz", _small(events))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.npz", live.name, other.name])

@@ -1,13 +1,49 @@
-"""Command line: ``xecbench demo | simulate | display | info``."""
+"""Command line: ``xecbench demo | simulate | display | train | evaluate | sweep | info``.
+
+Every error is one line on stderr, ``xecbench COMMAND: what is wrong``, with exit status 2 for what the
+user must fix (arguments, config, missing or unreadable files, data files in the wrong format) and 1
+for failures while running (e.g. a NaN loss); Ctrl-C exits with 130 (``train`` says how to resume).
+``xecbench --debug ...`` or ``XECBENCH_DEBUG=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
+import time
+import typing
 from pathlib import Path
 
 
+class UsageError(Exception):
+    """A command-line argument the command cannot use (exit status 2)."""
+
+
+class RunFailed(Exception):
+    """The command ran but did not succeed (exit status 1)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with a line saying how to go on (exit status 130)."""
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise UsageError(f"{name} must be >= 1, got {value}")
+
+
+def _fraction(name: str, value: float, lo_open: bool = True) -> None:
+    if not ((0.0 < value if lo_open else 0.0 <= value) and value < 1.0):
+        raise UsageError(f"{name} must be in {'(' if lo_open else '['}0, 1), got {value}")
+
+
 def _demo(args: argparse.Namespace) -> None:
+    _positive("--epochs", args.epochs)
+    _positive("--events", args.events)
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     from .demo import run_demo
 
     run_demo(args.out, epochs=args.epochs, n_train=args.events, seed=args.seed)
@@ -16,10 +52,14 @@ def _demo(args: argparse.Namespace) -> None:
 def _simulate(args: argparse.Namespace) -> None:
     from .data import SimConfig, save_npz, simulate, write_root
 
-    cfg = SimConfig(spectrum=args.spectrum, random_dead_fraction=args.random_dead)
+    _positive("n (the number of events)", args.n)
+    _fraction("--random-dead", args.random_dead, lo_open=False)
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     out = Path(args.out)
     if out.suffix not in (".root", ".npz"):
-        sys.exit(f"xecbench simulate: --out must end in .root or .npz, got {out}")
+        raise UsageError(f"--out must end in .root or .npz, got {out}")
+    cfg = SimConfig(spectrum=args.spectrum, random_dead_fraction=args.random_dead)
     print(f"simulating {args.n} events (seed {args.seed}, spectrum {args.spectrum}) -> {out}")
     chunk = 4096
 
@@ -38,10 +78,18 @@ def _display(args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     from .data import load_events, raw_invalid
     from .viz import event_display
 
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if Path(args.out).suffix.lstrip(".").lower() not in formats:
+        raise UsageError(f"--out must end in one of {sorted('.' + f for f in formats)}, got {args.out}")
     events = load_events(args.file)
+    n = len(events["npho"])
+    if not 0 <= args.event < n:
+        raise UsageError(f"--event must be in 0..{n - 1}: {args.file} holds {n} events, got {args.event}")
     key = "npho" if args.quantity == "npho" else "relative_time"
     values = events[key][args.event]
     fig = event_display(
@@ -58,7 +106,11 @@ def _train(args: argparse.Namespace) -> None:
     from .train import load_config, run_training
 
     cfg = load_config(args.config, args.set)
-    trainer = run_training(cfg, resume=args.resume)
+    started = time.time()
+    try:
+        trainer = run_training(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        raise Interrupted(_resume_hint(args, Path(cfg.training.run_dir) / "checkpoint.pt", started)) from None
     if trainer.dist.is_main:
         last = [r for r in trainer.history if r["kind"] == "epoch"][-1]
         shown = {k: round(v, 5) for k, v in last.items() if k in ("train_loss", "val_loss", "val_ema_loss")}
@@ -66,20 +118,46 @@ def _train(args: argparse.Namespace) -> None:
         print(f"checkpoint and metrics in {cfg.training.run_dir}")
 
 
+def _resume_hint(args: argparse.Namespace, checkpoint: Path, started: float) -> str:
+    """The line printed on Ctrl-C: the command that continues from the newest checkpoint of this run."""
+    command = ["xecbench", "train", args.config] + [w for s in args.set for w in ("--set", s)]
+    if checkpoint.is_file() and (checkpoint.stat().st_mtime >= started - 1 or args.resume):
+        last = checkpoint
+    elif args.resume:
+        last = Path(args.resume)
+    else:
+        return f"interrupted before the first checkpoint; start again with: {shlex.join(command)}"
+    return f"interrupted; resume with: {shlex.join([*command, '--resume', str(last)])}"
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     import json
 
+    _positive("--events", args.events)
+    if args.mask_ratio is not None:
+        _fraction("--mask-ratio", args.mask_ratio)
     from .data import EventDataset
     from .eval import compare_inpainting, format_table
-    from .train import build_model, config_from_checkpoint, inference_weights, load_checkpoint
+    from .train import build_model, build_normalizer, build_sim_config, config_from_checkpoint, load_checkpoint
 
     state = load_checkpoint(args.checkpoint)
     cfg = config_from_checkpoint(state)
     if cfg.model.task != "inpaint":
-        sys.exit(f"xecbench evaluate: {args.checkpoint} holds a {cfg.model.task!r} model; it needs an inpainter")
+        raise UsageError(f"{args.checkpoint} holds a {cfg.model.task!r} model; evaluate needs an inpainter")
+    has_ema = state.get("ema") is not None
+    weights = args.weights or ("ema" if has_ema else "live")
+    if weights == "ema" and not has_ema:
+        raise UsageError(f"--weights ema: {args.checkpoint} has no EMA weights (training.ema_decay=null); use live")
     model = build_model(_without_init(cfg.model))
-    model.load_state_dict(inference_weights(state))
-    data = EventDataset.from_file(args.data) if args.data else EventDataset.from_simulation(args.events, seed=args.seed)
+    model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
+    which = f"EMA (decay {cfg.training.ema_decay})" if weights == "ema" else "live"
+    print(f"using the {which} weights of {args.checkpoint} (epoch {state['epoch']}, step {state['step']})")
+    norm = build_normalizer(cfg.data)
+    if args.data:
+        data = EventDataset.from_file(args.data, norm)
+    else:
+        sim = build_sim_config(cfg.data)
+        data = EventDataset.from_simulation(args.events, seed=args.seed, config=sim, normalizer=norm)
     ratio = args.mask_ratio if args.mask_ratio is not None else cfg.model.inpaint_mask_ratio
     result = compare_inpainting(model, data, mask_ratio=ratio, seed=args.seed)
     for units in ("raw", "normalised"):
@@ -106,13 +184,19 @@ def _sweep(args: argparse.Namespace) -> None:
     from .sweep import parse_values, run_sweep, summarize
 
     if args.summarize:
-        csv_path, png = summarize(args.summarize, args.metric)
+        try:
+            csv_path, png = summarize(args.summarize, args.metric)
+        except ValueError as exc:  # an unknown --metric
+            raise UsageError(str(exc)) from None
         print(f"wrote {csv_path}" + (f" and {png}" if png else ""))
         return
     if not args.notebook or not args.out:
-        sys.exit("xecbench sweep: give NOTEBOOK -p name v1,v2 ... --out DIR, or --summarize DIR")
+        raise UsageError("give NOTEBOOK -p NAME V1,V2 ... --out DIR, or --summarize DIR")
+    _positive("--timeout", args.timeout)
     space = {}
     for name, values in args.p:
+        if name in space:
+            raise UsageError(f"-p {name} is given twice; give its values once, comma-separated")
         space[name] = parse_values(values)
     results = run_sweep(args.notebook, space, args.out, timeout=args.timeout)
     failed = [r for r in results if r.status == "failed"]
@@ -123,7 +207,7 @@ def _sweep(args: argparse.Namespace) -> None:
     for r in failed:
         print(f"  failed {r.folder.name}: {r.error}")
     if failed:
-        sys.exit(1)
+        raise RunFailed(f"{len(failed)} of {len(results)} points failed (listed above)")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -138,18 +222,28 @@ def _info(args: argparse.Namespace) -> None:
         print(f"  {name:>5}: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items()))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xecbench", description="Workbench for ML on the MEG II LXe calorimeter")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (argparse prints the whole usage first)."""
 
-    d = sub.add_parser("demo", help="simulate, pretrain a tiny MAE on CPU, draw a reconstruction")
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    p = _Parser(prog="xecbench", description="Workbench for ML on the MEG II LXe calorimeter")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (or set XECBENCH_DEBUG=1)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", parents=[debug], help="simulate, pretrain a tiny MAE on CPU, draw a reconstruction")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--epochs", type=int, default=4, help="training epochs (default 4, about a minute)")
     d.add_argument("--events", type=int, default=2048, help="training events to simulate")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
 
-    s = sub.add_parser("simulate", help="write a simulated data set (.root or .npz)")
+    s = sub.add_parser("simulate", parents=[debug], help="write a simulated data set (.root or .npz)")
     s.add_argument("n", type=int, help="number of events")
     s.add_argument("--out", required=True, help="output file, .root or .npz")
     s.add_argument("--seed", type=int, default=0)
@@ -157,14 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--random-dead", type=float, default=0.0, help="extra dead fraction per event")
     s.set_defaults(func=_simulate)
 
-    v = sub.add_parser("display", help="draw one event of a .root/.npz file")
+    v = sub.add_parser("display", parents=[debug], help="draw one event of a .root/.npz file")
     v.add_argument("file")
     v.add_argument("--event", type=int, default=0)
     v.add_argument("--quantity", choices=("npho", "time"), default="npho")
     v.add_argument("--out", default="event.png")
     v.set_defaults(func=_display)
 
-    t = sub.add_parser("train", help="train from a YAML config (MAE or inpainting)")
+    t = sub.add_parser("train", parents=[debug], help="train from a YAML config (MAE or inpainting)")
     t.add_argument("config", help="YAML file with sections model, data, training (see configs/)")
     t.add_argument(
         "--set",
@@ -176,16 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, help="a checkpoint to continue from")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="an inpainting checkpoint against the baselines, per face")
+    e = sub.add_parser("evaluate", parents=[debug], help="an inpainting checkpoint against the baselines, per face")
     e.add_argument("checkpoint")
     e.add_argument("--data", default=None, help=".root/.npz events (default: simulate --events)")
-    e.add_argument("--events", type=int, default=256)
+    e.add_argument("--events", type=int, default=256, help="events to simulate (without --data)")
     e.add_argument("--seed", type=int, default=2024)
     e.add_argument("--mask-ratio", type=float, default=None, help="default: the model's inpaint_mask_ratio")
+    e.add_argument(
+        "--weights", choices=("ema", "live"), default=None, help="default: ema when the checkpoint has one, else live"
+    )
     e.add_argument("--out", default=None, help="write the full result as JSON")
     e.set_defaults(func=_evaluate)
 
-    w = sub.add_parser("sweep", help="run a notebook over a parameter grid with papermill, or summarize one")
+    w = sub.add_parser(
+        "sweep", parents=[debug], help="run a notebook over a parameter grid with papermill, or summarize one"
+    )
     w.add_argument("notebook", nargs="?", help="the notebook (its first cell tagged 'parameters')")
     w.add_argument(
         "-p",
@@ -197,18 +296,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--out", help="sweep folder: one subfolder per point")
     w.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
-    w.add_argument("--summarize", metavar="DIR", help="write DIR/summary.csv and summary.png")
-    w.add_argument("--metric", default=None, help="metric to plot with --summarize")
+    w.add_argument("--summarize", metavar="DIR", help="write DIR/summary.csv and summary.png from its result.json")
+    w.add_argument("--metric", default=None, help="metric to plot with --summarize (default: the headline loss)")
     w.set_defaults(func=_sweep)
 
-    i = sub.add_parser("info", help="print the detector layout")
+    i = sub.add_parser("info", parents=[debug], help="print the detector layout")
     i.set_defaults(func=_info)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    prog = f"xecbench {args.command}"
+    if args.debug or os.environ.get("XECBENCH_DEBUG", "") not in ("", "0"):
+        args.func(args)
+        return
+    try:
+        args.func(args)
+    except Interrupted as exc:
+        _fail(prog, str(exc), 130)
+    except KeyboardInterrupt:
+        _fail(prog, "interrupted", 130)
+    except Exception as exc:
+        status = _exit_status(exc)
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if status == 1 and not isinstance(exc, RunFailed):
+            text = f"{type(exc).__name__}: {text} (xecbench --debug {args.command} ... shows the traceback)"
+        _fail(prog, text, status)
+
+
+def _exit_status(exc: BaseException) -> int:
+    """2 for what the user must fix (arguments, config, files), 1 for failures while running."""
+    user: list[type] = [UsageError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError]
+    for module, name in (("xecbench.train.config", "ConfigError"), ("xecbench.data.io", "DataFormatError")):
+        if module in sys.modules:  # not imported: the exception cannot be one of them
+            user.append(getattr(sys.modules[module], name))
+    return 2 if isinstance(exc, tuple(user)) else 1
+
+
+def _fail(prog: str, text: str, status: int) -> typing.NoReturn:
+    sys.stdout.flush()
+    print(f"{prog}: {text}", file=sys.stderr)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ renamed, so a crash never leaves a half-written file in place.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -44,17 +46,60 @@ class DataFormatError(ValueError):
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the mode a plain ``open`` would give (``0o666`` less the umask), and temporary files
+    that an earlier, killed write to ``path`` left behind are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible: setting it to read it races with threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files ``.<name>.<pid>-*.tmp<suffix>`` of :func:`atomic_path` writes to
+    ``path`` whose process is gone (a killed write); returns them."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"):
+        pid = tmp.name[len(path.name) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # another process may be writing it right now
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process has no write in flight to this path: it would have yielded it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def check_events(events: dict[str, np.ndarray], source: str = "events") -> int:
@@ -86,14 +131,20 @@ def _open_tree(path: str | os.PathLike[str], tree: str) -> uproot.TTree:
         raise DataFormatError(f"ROOT file {path} is empty (0 bytes)")
     try:
         f = uproot.open(path)
+        names = list(f.keys())
+        t = f[tree] if tree in f else None
     except Exception as exc:  # uproot raises several types for damaged files
-        raise DataFormatError(f"{path} cannot be read as a ROOT file: {exc}") from exc
-    if tree not in f:
-        raise DataFormatError(f"{path}: no tree {tree!r}; the file holds {list(f.keys())}")
-    t = f[tree]
+        raise DataFormatError(f"{path} cannot be read as a ROOT file (damaged?): {_one_line(exc)}") from exc
+    if t is None:
+        raise DataFormatError(f"{path}: no tree {tree!r}; the file holds {names}")
     if not isinstance(t, uproot.TTree):
         raise DataFormatError(f"{path}: {tree!r} is a {type(t).__name__}, not a TTree")
     return t
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _as_matrix(a: ak.Array | np.ndarray, path: Path, branch: str, width: int | None) -> np.ndarray:
@@ -143,9 +194,16 @@ def iter_root(
     if t.num_entries == 0:
         raise DataFormatError(f"{path}: tree {tree!r} has no events")
     rename = {npho_branch: NPHO, time_branch: TIME}
-    for chunk in t.iterate(
-        [npho_branch, time_branch, *truth], step_size=step_size, entry_stop=entry_stop, library="ak"
-    ):
+    chunks = t.iterate([npho_branch, time_branch, *truth], step_size=step_size, entry_stop=entry_stop, library="ak")
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except Exception as exc:  # a truncated or damaged file fails here, with uproot's own types
+            raise DataFormatError(
+                f"{path}: reading tree {tree!r} failed, the file may be truncated or damaged: {_one_line(exc)}"
+            ) from exc
         out = {}
         for b in chunk.fields:
             width = N_CHANNELS if b in rename else None

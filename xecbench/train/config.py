@@ -1,14 +1,17 @@
 """Experiment configuration: YAML with sections ``model``, ``data`` and ``training``, loaded into typed
 dataclasses, with command-line overrides such as ``training.lr=1e-3``.
 
-Every key is checked: an unknown key, a wrong type or a value out of range stops with an error that
-names the key, what is allowed and the closest valid key.
+Every key is checked: an unknown key, a wrong type, a NaN or infinite number or a value out of range
+stops with an error that names the key, what is allowed and the closest valid key; :func:`validate`
+checks the keys that depend on each other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,8 +29,10 @@ def _choices(*values: Any, default: Any) -> Any:
     return field(default=default, metadata={"choices": values})
 
 
-def _range(default: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Any:
-    return field(default=default, metadata={"range": (lo, hi, lo_open)})
+def _range(
+    default: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False
+) -> Any:
+    return field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
 
 
 @dataclass
@@ -36,12 +41,14 @@ class ModelConfig:
     preset: str = _choices("tiny", "base", default="tiny")
     posenc: str = _choices("learnable", "sinusoidal", "geometric", "none", "rope", "alibi", default="learnable")
     hex_op: str = _choices("conv", "attention", default="conv")
-    token_dim: int | None = None  # override the preset's token width
-    mask_ratio: float = _range(0.6, 0.0, 1.0)  # MAE: fraction of valid sensors masked
+    token_dim: int | None = _range(None, 1)  # override the preset's token width
+    # MAE: fraction of valid sensors masked
+    mask_ratio: float = _range(0.6, 0.0, 1.0, lo_open=True, hi_open=True)
     loss: str = _choices("mse", "l1", "huber", default="mse")
-    channel_weights: tuple[float, float] = (1.0, 1.0)  # npho, time
-    # inpainting only
-    inpaint_mask_ratio: float = _range(0.05, 0.0, 1.0)  # fraction of valid sensors hidden per event
+    channel_weights: tuple[float, float] = (1.0, 1.0)  # npho, time; each >= 0, one may be 0
+    mask_unit: str = _choices("sensor", "cell", default="sensor")  # MAE: hide single sensors or last-stage cells
+    # inpainting only: the fraction of valid sensors hidden per event
+    inpaint_mask_ratio: float = _range(0.05, 0.0, 1.0, lo_open=True, hi_open=True)
     freeze_encoder: bool = True
     head_width: int = _range(32, 1)
     init_from: str | None = None  # an MAE checkpoint whose encoder the inpainter starts from
@@ -53,9 +60,9 @@ class DataConfig:
     n_train: int = _range(2048, 1)
     n_val: int = _range(256, 1)
     val_source: str | None = None  # a separate validation file; default: the tail of ``source``
-    seed: int = 0
+    seed: int = _range(0, 0)
     spectrum: str = _choices("mono", "flat", default="mono")
-    random_dead_fraction: float = _range(0.0, 0.0, 1.0)
+    random_dead_fraction: float = _range(0.0, 0.0, 1.0, hi_open=True)
     npho_scheme: str = _choices("log1p", "sqrt", "anscombe", "linear", default="log1p")
     npho_scale: float = _range(100.0, 0.0, lo_open=True)
     npho_scale2: float = _range(2.5, 0.0, lo_open=True)
@@ -75,14 +82,15 @@ class TrainingConfig:
     scheduler: str = _choices("cosine", "onecycle", "plateau", "none", default="cosine")
     warmup_epochs: float = _range(0.0, 0.0)
     lr_min: float = _range(0.0, 0.0)
-    max_lr: float | None = None  # onecycle peak; default lr
-    pct_start: float = _range(0.3, 0.0, 1.0)
+    max_lr: float | None = _range(None, 0.0, lo_open=True)  # onecycle peak; default lr
+    pct_start: float = _range(0.3, 0.0, 1.0)  # onecycle: in (0, 1)
     lr_patience: int = _range(2, 0)
-    lr_factor: float = _range(0.5, 0.0, 1.0, lo_open=True)
-    ema_decay: float | None = _range(0.999, 0.0, 1.0)  # None: no EMA
+    lr_factor: float = _range(0.5, 0.0, 1.0, lo_open=True, hi_open=True)
+    ema_decay: float | None = _range(0.999, 0.0, 1.0, hi_open=True)  # None: no EMA
+    ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + step) / (10 + step)) per optimiser step
     amp: str = _choices("auto", "bf16", "fp16", "off", default="auto")  # auto: bf16/fp16 on CUDA, off on CPU
     grad_clip: float | None = _range(1.0, 0.0, lo_open=True)
-    seed: int = 0
+    seed: int = _range(0, 0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = _range(10, 1)  # optimiser steps between logged metrics (the only host syncs)
     run_dir: str = "runs/train"
@@ -137,13 +145,18 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -158,10 +171,17 @@ def _check_meta(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{key} must be one of {list(meta['choices'])}, got {value!r}{hint}")
     if "range" in meta and value is not None:
-        lo, hi, lo_open = meta["range"]
-        if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
-            left = "(" if lo_open else "["
-            raise ConfigError(f"{key} must be in {left}{lo}, {hi if hi is not None else 'inf'}], got {value!r}")
+        lo, hi, lo_open, hi_open = meta["range"]
+        if (lo is not None and (value < lo or (lo_open and value == lo))) or (
+            hi is not None and (value > hi or (hi_open and value == hi))
+        ):
+            raise ConfigError(f"{key} must be in {_interval(lo, hi, lo_open, hi_open)}, got {value!r}")
+
+
+def _interval(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False) -> str:
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    return f"{left}{lo}, {hi if hi is not None else 'inf'}{right}"
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -185,8 +205,82 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, data or {}, "")
+def config_from_dict(data: dict[str, Any], strict: bool = True) -> Config:
+    """A checked :class:`Config` from plain data. ``strict=False`` for a stored config (a checkpoint's):
+    it skips the checks that only matter when a run starts (data files exist, where the encoder comes from)."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping with sections model, data, training; got {_short(data)}")
+    cfg = _build(Config, data or {}, "")
+    validate(cfg, strict)
+    return cfg
+
+
+DATA_SUFFIXES = (".root", ".npz")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def validate(cfg: Config, strict: bool = True) -> None:
+    """The checks across keys (each key alone was checked when it was read); see :func:`config_from_dict`."""
+    m, d, t = cfg.model, cfg.data, cfg.training
+    if any(w < 0 for w in m.channel_weights) or not any(m.channel_weights):
+        raise ConfigError(
+            f"model.channel_weights (npho, time) must both be >= 0 and not both 0, got {list(m.channel_weights)}"
+        )
+    if m.token_dim is not None:
+        from ..nn.encoder import PRESETS
+
+        heads = PRESETS[m.preset].fusion_heads
+        if m.token_dim % heads:
+            raise ConfigError(
+                f"model.token_dim must be a multiple of {heads} (the fusion heads of preset {m.preset!r}), "
+                f"got {m.token_dim}"
+            )
+    if m.init_from is not None and m.task != "inpaint":
+        raise ConfigError(f"model.init_from is only used with model.task=inpaint, got task {m.task!r}; remove it")
+    if strict and m.task == "inpaint" and m.freeze_encoder and not m.init_from:
+        raise ConfigError(
+            "model.task=inpaint with model.freeze_encoder=true needs model.init_from (an MAE checkpoint): "
+            "otherwise the heads train on a random frozen encoder; set e.g. "
+            "model.init_from=runs/mae_tiny/checkpoint.pt, or model.freeze_encoder=false"
+        )
+    _check_source("data.source", d.source, strict, simulate_ok=True)
+    if d.val_source is not None:
+        if d.source == "simulate":
+            raise ConfigError(
+                "data.val_source is only used with a file as data.source; with data.source=simulate the "
+                "validation set is simulated; remove data.val_source"
+            )
+        _check_source("data.val_source", d.val_source, strict, simulate_ok=False)
+    if t.scheduler == "onecycle" and not 0.0 < t.pct_start < 1.0:
+        raise ConfigError(f"training.pct_start must be in (0.0, 1.0) with scheduler onecycle, got {t.pct_start}")
+    if t.scheduler == "cosine" and t.lr_min > t.lr:
+        raise ConfigError(f"training.lr_min ({t.lr_min}) must not exceed training.lr ({t.lr}) with scheduler cosine")
+    if t.optimizer == "schedulefree_adamw" and t.scheduler != "none":
+        raise ConfigError(
+            f"training.scheduler must be 'none' with training.optimizer=schedulefree_adamw (it schedules "
+            f"itself; use warmup_epochs), got {t.scheduler!r}"
+        )
+    if not _DEVICE.fullmatch(t.device):
+        raise ConfigError(f"training.device must be auto, cpu, mps, cuda or cuda:N, got {t.device!r}")
+    if not t.run_dir.strip():
+        raise ConfigError("training.run_dir must not be empty")
+
+
+def _check_source(key: str, value: str, strict: bool, simulate_ok: bool) -> None:
+    if simulate_ok and value == "simulate":
+        return
+    allowed = ("'simulate' or " if simulate_ok else "") + "a path ending in .root or .npz"
+    if Path(value).suffix not in DATA_SUFFIXES:
+        close = difflib.get_close_matches(value, ["simulate"], n=1) if simulate_ok else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{key} must be {allowed}, got {value!r}{hint}")
+    if strict and not Path(value).is_file():
+        raise ConfigError(f"{key}: data file {value} not found")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -194,22 +288,54 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem})") from None
+    return keys, value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict; errors name the file (and the line, for a syntax error)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file {p} not found")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} is not a file")
+    text = p.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if context is not None and getattr(exc, "context", None):
+            problem += f" ({exc.context} at line {context.line + 1})"
+        raise ConfigError(f"config file {p}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"config file {p} is empty; give at least one section (model, data, training)")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {p} must be a mapping with sections model, data, training; it holds a "
+            f"{type(data).__name__}: {_short(data)}"
+        )
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``overrides``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {p} not found")
-        data = yaml.safe_load(p.read_text()) or {}
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
     for text in overrides or []:
         keys, value = parse_override(text)
         node = data
         for k in keys[:-1]:
-            node = node.setdefault(k, {})
+            if node.get(k) is None:
+                node[k] = {}
+            node = node[k]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: '{k}' is not a section")
         node[keys[-1]] = value

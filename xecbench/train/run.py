@@ -20,11 +20,16 @@ def make_trainer(cfg: Config, callbacks: list[Callback] | None = None) -> Traine
 
 
 def run_training(cfg: Config, resume: str | Path | None = None, callbacks: list[Callback] | None = None) -> Trainer:
-    """Train as configured; the run directory gets ``config.yaml``, metrics and ``checkpoint.pt``."""
+    """Train as configured; the run directory gets ``config.yaml``, metrics and ``checkpoint.pt``.
+    ``config.yaml`` is written once the run has started (after a resume's checkpoint loaded)."""
+    if resume is not None and not Path(resume).is_file():  # before the data are built
+        raise FileNotFoundError(f"checkpoint {resume} not found")
     trainer = make_trainer(cfg, callbacks)
+    if resume is not None:
+        trainer.load(resume)
     if trainer.dist.is_main:
         save_config(cfg, Path(cfg.training.run_dir) / "config.yaml")
-    trainer.fit(resume=resume)
+    trainer.fit()
     if trainer.dist.enabled:  # only after success: a failed rank must not wait at the barrier
         shutdown()
     return trainer
