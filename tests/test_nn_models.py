@@ -153,3 +153,42 @@ def test_torch_compile_of_the_encoder_on_cpu():
     masks = SensorMask(valid, tv, torch.zeros_like(valid))
     with torch.no_grad():
         assert torch.allclose(compiled(x, masks)["tokens"], enc(x, masks)["tokens"], atol=1e-4)
+
+
+@pytest.mark.parametrize("package", ["xecbench.nn", "xecbench.data", "xecbench.train", "xecbench.eval", "xecbench.viz"])
+def test_star_import_exports_what_all_lists(package):
+    namespace: dict = {}
+    exec(f"from {package} import *", namespace)  # raises if __all__ names something missing
+    module = __import__(package, fromlist=["__all__"])
+    assert set(module.__all__) <= set(namespace)
+
+
+def test_nn_modules_import_each_other_without_a_cycle():
+    """Every import between the modules of xecbench/nn, also inside functions, forms an acyclic graph."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "xecbench" / "nn"
+    names = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    graph = {}
+    for name in names:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        graph[name] = {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        } & names
+    done, visiting = set(), []
+
+    def visit(n):
+        assert n not in visiting, f"import cycle: {' -> '.join(visiting[visiting.index(n) :] + [n])}"
+        if n in done:
+            return
+        visiting.append(n)
+        for m in graph[n]:
+            visit(m)
+        visiting.pop()
+        done.add(n)
+
+    for n in sorted(names):
+        visit(n)
