@@ -55,3 +55,25 @@ def test_environment_yml_has_the_same_versions():
             found[_norm(name)] = version.lstrip("=")
     found.pop("python", None)
     assert found == _pins()
+
+
+# distributions used as tools or kernels, not imported; and import names that differ from the distribution's
+NOT_IMPORTED = {"jupyterlab", "ipykernel", "nbval", "ruff", "pytest"}
+IMPORT_NAME = {"pyyaml": "yaml"}
+
+
+def test_every_dependency_is_used():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = [_norm(Requirement(r).name) for r in meta["dependencies"] + meta["optional-dependencies"]["test"]]
+    sources = [p for d in ("xecbench", "tests", "benchmarks", "notebooks") for p in (ROOT / d).rglob("*.py")]
+    sources += list((ROOT / "notebooks").glob("*.ipynb"))
+    text = "\n".join(p.read_text() for p in sources)
+    for name in names:
+        if name in NOT_IMPORTED:
+            continue
+        module = IMPORT_NAME.get(name, name.replace("-", "_"))
+        assert (
+            re.search(rf"^\s*(import|from) {module}\b", text, re.M)
+            or f'"import {module}' in text
+            or (f'"from {module}' in text)
+        ), f"{name} is a dependency that nothing imports"
