@@ -17,6 +17,7 @@ import torch
 from . import geometry as geo
 from .data.io import atomic_path
 from .nn import SensorMask
+from .sweep import RESULT_FILE
 from .train import Trainer, load_config, run_training
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -88,9 +89,10 @@ def mean_fusion_attention(model: torch.nn.Module, batch: dict, layer: int = -1) 
     return model.encoder.fusion.attention_maps()[layer].mean(dim=(0, 1)).numpy()
 
 
-def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
-    """``out_dir/metrics.json`` (atomic): what a papermill sweep collects from each point."""
-    path = Path(out_dir) / "metrics.json"
+def write_result(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """``out_dir/result.json`` (atomic): the numbers a papermill sweep collects from each point (a
+    name of its own, never the trainer's ``metrics.json`` in a run folder)."""
+    path = Path(out_dir) / RESULT_FILE
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, default=float))
     return path
