@@ -78,6 +78,20 @@ ROWS = [
     (TRAIN + " --set data.val_source={d}/events.npz", "data.val_source is only used with a file as data.source", 2),
     (TRAIN + " --set data.source={d}/junk.npz", "junk.npz cannot be read as an .npz file", 2),
     (TRAIN + " --set data.source={d}/truncated.root", "truncated.root: reading tree 'tree' failed", 2),
+    (
+        TRAIN + " --set data.source={d}/events.npz --set data.val_source={d}/missing.npz",
+        "data.val_source: data file {d}/missing.npz not found",
+        2,
+    ),
+    (
+        TRAIN + " --set data.source={d}/events.npz --set data.val_source={d}/events.txt",
+        "data.val_source must be a path ending in .root or .npz, got",
+        2,
+    ),
+    (TRAIN + " --set model.preset=huge", "model.preset must be one of ['tiny', 'base'], got 'huge'", 2),
+    (TRAIN + " --set model.head_width=0", "model.head_width must be in [1, inf], got 0", 2),
+    (TRAIN + " --set model.freeze_encoder=2", "model.freeze_encoder must be of type bool, got 2", 2),
+    (TRAIN + " --set training.grad_accum_steps=0", "training.grad_accum_steps must be in [1, inf]", 2),
     # ---- keys that depend on each other
     (TRAIN + " --set model.task=inpaint", "the heads train on a random frozen encoder", 2),
     (TRAIN + " --set model.task=inpaint", "model.init_from=runs/mae_tiny/checkpoint.pt", 2),
@@ -86,6 +100,12 @@ ROWS = [
         TRAIN + " --set model.task=inpaint --set model.init_from={d}/nope.pt",
         "checkpoint {d}/nope.pt not found",
         2,
+    ),
+    pytest.param(  # needs build_model (train/tasks.py) to name the mismatch instead of torch's RuntimeError
+        TRAIN + " --set model.task=inpaint --set model.init_from={d}/inpaint.pt",
+        "model.init_from",
+        2,
+        marks=pytest.mark.xfail(reason="an init_from that is not an MAE checkpoint: torch's message, status 1"),
     ),
     # ---- config files and override syntax
     ("train {d}/nope.yaml", "config file {d}/nope.yaml not found", 2),
@@ -157,6 +177,7 @@ ROWS = [
     ("evaluate {d}/missing.pt", "checkpoint {d}/missing.pt not found", 2),
     ("evaluate {d}/events.csv", "events.csv cannot be read as a checkpoint", 2),
     ("evaluate " + CKPT + " --events 2 --data {d}/events.csv", "unknown data format '.csv'", 2),
+    ("evaluate " + CKPT + " --data {d}/truncated.root", "{d}/truncated.root: reading tree 'tree' failed", 2),
     # ---- demo, sweep, the command itself
     ("demo --epochs 0 --out {d}/demo", "--epochs must be >= 1, got 0", 2),
     ("demo --events -1 --out {d}/demo", "--events must be >= 1, got -1", 2),
