@@ -101,12 +101,12 @@ ROWS = [
         "checkpoint {d}/nope.pt not found",
         2,
     ),
-    pytest.param(  # needs build_model (train/tasks.py) to name the mismatch instead of torch's RuntimeError
+    pytest.param(  # an inpainter checkpoint is not an MAE: build_model names the mismatch
         TRAIN + " --set model.task=inpaint --set model.init_from={d}/inpaint.pt",
         "model.init_from",
         2,
-        marks=pytest.mark.xfail(reason="an init_from that is not an MAE checkpoint: torch's message, status 1"),
     ),
+    (TRAIN + " --set data.source={d}/one.npz", "has 1 events; need at least 2", 2),
     # ---- config files and override syntax
     ("train {d}/nope.yaml", "config file {d}/nope.yaml not found", 2),
     ("train {d}", "config file {d} is not a file", 2),
@@ -211,6 +211,7 @@ def files(tmp_path_factory):
     (d / "nb.ipynb").write_text("{}")
     events = simulate(3, seed=1)
     save_npz(d / "events.npz", events)
+    save_npz(d / "one.npz", simulate(1, seed=1))
     root = write_root(d / "whole.root", simulate(300, seed=2))
     data = root.read_bytes()
     (d / "truncated.root").write_bytes(data[: len(data) // 2])

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 from ..data import EventDataset, Normalizer, SimConfig, load_events, simulate
 from ..geometry import N_CHANNELS
 from ..nn import XECMAE, MAEConfig, SensorMask, XECInpainter, encoder_config, random_hidden
-from .checkpoint import inference_weights, load_checkpoint
-from .config import Config, DataConfig, ModelConfig
+from .checkpoint import inference_weights, load_checkpoint, model_mismatch
+from .config import Config, ConfigError, DataConfig, ModelConfig
 
 Task = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -60,8 +60,11 @@ def build_model(mcfg: ModelConfig) -> nn.Module:
     if mcfg.task == "mae":
         return mae
     if mcfg.init_from:
-        state = load_checkpoint(mcfg.init_from)
-        mae.load_state_dict(inference_weights(state))
+        weights = inference_weights(load_checkpoint(mcfg.init_from))
+        problem = model_mismatch(weights, mae.state_dict())
+        if problem:
+            raise ConfigError(f"model.init_from={mcfg.init_from} is not a checkpoint of this MAE: {problem}")
+        mae.load_state_dict(weights)
     return XECInpainter(
         mae.encoder,
         head_width=mcfg.head_width,
@@ -101,7 +104,7 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     else:
         n = len(events["npho"])
         if n < 2:
-            raise ValueError(f"data.source {d.source} has {n} events; need at least 2 to split off validation")
+            raise ConfigError(f"data.source {d.source} has {n} events; need at least 2 to split off validation")
         n_val = min(d.n_val, n // 2)
         val = {k: v[n - n_val :] for k, v in events.items()}
         events = {k: v[: n - n_val] for k, v in events.items()}
