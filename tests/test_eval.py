@@ -72,3 +72,25 @@ def test_metrics_by_face_selects_scored_sensors():
     assert m["top"]["n"] == 10 and m["top"]["bias"] == -2.0
     assert m["inner"]["n"] == 5 and m["inner"]["mae"] == 0.0
     assert m["all"]["n"] == 15 and m["outer"]["n"] == 0
+
+
+def test_oracle_row_and_gap_closed_by_hand():
+    from xecbench.data import EventDataset, simulate
+    from xecbench.eval import compare_inpainting
+    from xecbench.nn import XECMAE, XECInpainter
+
+    torch.manual_seed(0)
+    model = XECInpainter(XECMAE().encoder, freeze_encoder=False)
+    data = EventDataset.from_simulation(16, seed=3)
+    result = compare_inpainting(model, data, mask_ratio=0.1, seed=1)
+    table = result["normalised"]
+    assert set(table) == {"model", "neighbour_average", "solid_angle", "oracle"}
+    # the oracle is the floor: below both baselines
+    for face in ("inner", "all"):
+        assert table["oracle"][face]["rmse"] < min(table[m][face]["rmse"] for m in ("neighbour_average", "solid_angle"))
+    nb, m, fl = (table[k]["all"]["rmse"] ** 2 for k in ("neighbour_average", "model", "oracle"))
+    assert result["gap_closed"]["all"] == pytest.approx((nb - m) / (nb - fl))
+    # data without the expected counts: no oracle row, no gap
+    events = {k: v for k, v in simulate(8, seed=3).items() if k != "nphoExpected"}
+    plain = compare_inpainting(model, EventDataset(events), mask_ratio=0.1, seed=1)
+    assert "oracle" not in plain["normalised"] and plain["gap_closed"] == {}

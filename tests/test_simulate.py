@@ -106,3 +106,15 @@ def test_flat_spectrum_and_config_errors():
     with pytest.raises(ValueError, match="n_events and start must be >= 0"):
         simulate(-1)
     assert simulate(0)["npho"].shape == (0, 4760)
+
+
+def test_npho_is_a_poisson_draw_of_the_expected_count(events):
+    mu = events["nphoExpected"]
+    n = events["npho"]
+    assert mu.shape == n.shape and (mu >= 0).all()
+    bright = (n < 9e9) & (mu > 50)
+    pull = (n[bright] - mu[bright]) / np.sqrt(mu[bright])  # Poisson: mean 0, variance 1
+    assert bright.sum() > 10_000
+    assert abs(pull.mean()) < 0.05 and abs(pull.var() - 1) < 0.05
+    dim = (n < 9e9) & (mu < 0.5)
+    assert abs(n[dim].mean() - mu[dim].mean()) < 0.05 * max(mu[dim].mean(), 0.01) + 0.01

@@ -164,10 +164,15 @@ def _evaluate(args: argparse.Namespace) -> None:
         for stat in ("mae", "rmse", "bias", "width68"):
             print(f"\n[{units} npho] {stat}")
             print(format_table(result[units], stat))
+    if result["gap_closed"]:
+        gaps = "  ".join(f"{face} {value:.0%}" for face, value in result["gap_closed"].items())
+        print(f"\nneighbour-average-to-floor gap closed by the model (normalised MSE): {gaps}")
+    else:
+        print("\nno Poisson floor: the data carry no nphoExpected (simulated data do)")
     if args.out:
         from .data.io import atomic_path
 
-        tables = {k: v for k, v in result.items() if k in ("raw", "normalised")}
+        tables = {k: v for k, v in result.items() if k in ("raw", "normalised", "gap_closed")}
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(tables, indent=1))
         print(f"\nwrote {args.out}")

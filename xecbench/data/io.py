@@ -28,6 +28,7 @@ from ..geometry import N_CHANNELS
 
 NPHO, TIME = "npho", "relative_time"
 TRUTH_BRANCHES: tuple[str, ...] = (
+    "nphoExpected",  # simulation only: each sensor's expected count before the Poisson draw
     "energyTruth",
     "timeTruth",
     "xyzTruth",

@@ -171,6 +171,7 @@ def _simulate_block(cfg: SimConfig, seed: int, block: int) -> dict[str, np.ndarr
     return {
         "npho": npho.numpy(),
         "relative_time": time.numpy(),
+        "nphoExpected": expected.numpy(),
         "energyTruth": energy.numpy().astype(np.float32),
         "timeTruth": t_conv.numpy().astype(np.float32),
         "xyzTruth": conv,
@@ -187,7 +188,9 @@ def simulate(n_events: int, seed: int = 0, config: SimConfig | None = None, star
     """Simulate events ``start .. start + n_events - 1`` of ``seed``.
 
     Returns a dict of numpy arrays keyed by ROOT branch names: ``npho`` and ``relative_time``
-    ``(n_events, 4760)`` float32 (raw, invalid = 1e10), truth ``energyTruth`` (MeV),
+    ``(n_events, 4760)`` float32 (raw, invalid = 1e10), truth ``nphoExpected`` ``(n_events, 4760)``
+    (each sensor's expected count before the Poisson draw, also for dead channels: the floor of any
+    estimate of a hidden sensor), ``energyTruth`` (MeV),
     ``timeTruth`` (ns), ``xyzTruth`` / ``uvwTruth`` (cm), ``emiVec``, ``emiAng`` (theta, phi deg),
     ``xyzVTX``, ``run``, ``event``.
     """

@@ -3,6 +3,12 @@
 :func:`compare_inpainting` hides ``mask_ratio`` of the valid sensors of every event (a fixed seed),
 asks the model, the neighbour average and the solid-angle estimate for their npho there, and
 reports :func:`.metrics.metrics_by_face` for each, in normalised and in raw (photon) units.
+
+Where the data carry each sensor's expected count (``nphoExpected``: simulated data), an
+``oracle`` row predicts every hidden sensor by it: the Poisson floor, below which no estimate can go
+on average. The fraction of the neighbour-average-to-floor gap a model closes is then
+``(MSE_nb - MSE_model) / (MSE_nb - MSE_floor)`` in normalised npho (:func:`gap_closed`): 0 = no better
+than the neighbour average, 1 = at the floor, negative = worse than the neighbour average.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ def compare_inpainting(
     model: nn.Module, data: EventDataset, mask_ratio: float = 0.05, seed: int = 0, batch_size: int = 64
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """Returns ``{units: {method: {face: stats}}}`` with units ``normalised`` / ``raw`` and methods
-    ``model``, ``neighbour_average``, ``solid_angle``, plus ``residuals_normalised``: ``{method: (n,)}``
-    residuals at every scored sensor. npho only (the quantity every sensor has)."""
+    ``model``, ``neighbour_average``, ``solid_angle`` (and ``oracle`` when the data carry
+    ``nphoExpected``), ``residuals_normalised``: ``{method: (n,)}`` residuals at every scored sensor,
+    and ``gap_closed``: ``{face: fraction}`` (empty without the floor). npho only."""
     g = torch.Generator().manual_seed(seed)
     norm = data.normalizer
     model.eval()
     device = next(model.parameters()).device
-    preds = {"model": [], "neighbour_average": [], "solid_angle": []}
+    floor = "nphoExpected" in data.tensors
+    preds = {"model": [], "neighbour_average": [], "solid_angle": []} | ({"oracle": []} if floor else {})
     truths, scored_all = [], []
     for start in range(0, len(data), batch_size):
         b = data[start : start + batch_size]
@@ -39,6 +47,8 @@ def compare_inpainting(
         preds["model"].append(norm.npho_inverse(out.dense[..., 0].double().cpu()))
         preds["neighbour_average"].append(neighbour_average(raw, usable)[0])
         preds["solid_angle"].append(solid_angle_estimate(raw, usable)[0])
+        if floor:
+            preds["oracle"].append(b["nphoExpected"].double())
         truths.append(raw)
         scored_all.append(masks.scored)
     truth = torch.cat(truths)
@@ -47,7 +57,18 @@ def compare_inpainting(
     truth_n = norm.npho(truth)
     out_norm = {m: metrics_by_face(norm.npho(torch.cat(p)), truth_n, scored) for m, p in preds.items()}
     residuals = {m: (norm.npho(torch.cat(p)) - truth_n)[scored].numpy() for m, p in preds.items()}
-    return {"normalised": out_norm, "raw": out_raw, "residuals_normalised": residuals}
+    gaps = gap_closed(out_norm) if floor else {}
+    return {"normalised": out_norm, "raw": out_raw, "residuals_normalised": residuals, "gap_closed": gaps}
+
+
+def gap_closed(table: dict[str, dict[str, dict[str, float]]], method: str = "model") -> dict[str, float]:
+    """Per face: the fraction of the neighbour-average-to-oracle gap in MSE that ``method`` closes,
+    from a ``{method: {face: stats}}`` table (MSE = RMSE squared)."""
+    out = {}
+    for face in table[method]:
+        nb, m, fl = (table[k][face]["rmse"] ** 2 for k in ("neighbour_average", method, "oracle"))
+        out[face] = (nb - m) / (nb - fl) if nb > fl else float("nan")
+    return out
 
 
 def format_table(result: dict[str, dict[str, dict[str, float]]], stat: str = "rmse") -> str:
