@@ -148,11 +148,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     weights = args.weights or ("ema" if has_ema else "live")
     if weights == "ema" and not has_ema:
         raise UsageError(f"--weights ema: {args.checkpoint} has no EMA weights (training.ema_decay=null); use live")
-    model = build_model(_without_init(cfg.model))
+    norm = build_normalizer(cfg.data)
+    model = build_model(_without_init(cfg.model), norm)
     model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
     which = f"EMA (decay {cfg.training.ema_decay})" if weights == "ema" else "live"
     print(f"using the {which} weights of {args.checkpoint} (epoch {state['epoch']}, step {state['step']})")
-    norm = build_normalizer(cfg.data)
     if args.data:
         data = EventDataset.from_file(args.data, norm)
     else:

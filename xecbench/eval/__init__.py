@@ -1,6 +1,6 @@
 """Evaluation: classical inpainting baselines and residual metrics."""
 
-from .baselines import estimate_source, neighbour_average, solid_angle_estimate, solid_angles
+from ..baselines import estimate_source, neighbour_average, solid_angle_estimate, solid_angles
 from .compare import compare_inpainting, format_table, gap_closed
 from .metrics import metrics_by_face, residual_stats
 from .reconstruct import reconstruct

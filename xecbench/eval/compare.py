@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..baselines import neighbour_average, solid_angle_estimate
 from ..data import EventDataset
 from ..nn import SensorMask, random_hidden
-from .baselines import neighbour_average, solid_angle_estimate
 from .metrics import metrics_by_face
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from .config import Config, save_config
 from .distributed import init_distributed, shutdown
 from .loop import Callback, Trainer, resolve_device, seed_everything
-from .tasks import build_datasets, build_model, build_task
+from .tasks import build_datasets, build_model, build_normalizer, build_task
 
 
 def make_trainer(cfg: Config, callbacks: list[Callback] | None = None) -> Trainer:
@@ -15,7 +15,7 @@ def make_trainer(cfg: Config, callbacks: list[Callback] | None = None) -> Traine
     dist = init_distributed(str(resolve_device(cfg.training.device)))
     train, val = build_datasets(cfg)
     seed_everything(cfg.training.seed)  # the initial weights depend on the seed, nothing else
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, build_normalizer(cfg.data))
     return Trainer(model, build_task(cfg.model), train, val, cfg.training, callbacks or [], cfg, dist)
 
 

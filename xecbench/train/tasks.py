@@ -43,7 +43,9 @@ def inpaint_task(mask_ratio: float) -> Task:
     return task
 
 
-def build_model(mcfg: ModelConfig) -> nn.Module:
+def build_model(mcfg: ModelConfig, normalizer: Normalizer | None = None) -> nn.Module:
+    """The model a config's model section describes; an inpainter also needs the data's
+    ``normalizer`` (its classical estimates work on raw photon counts)."""
     overrides = {"posenc": mcfg.posenc, "hex_op": mcfg.hex_op}
     if mcfg.token_dim is not None:
         overrides["token_dim"] = mcfg.token_dim
@@ -71,6 +73,7 @@ def build_model(mcfg: ModelConfig) -> nn.Module:
         freeze_encoder=mcfg.freeze_encoder,
         loss=mcfg.loss,
         channel_weights=mcfg.channel_weights,
+        normalizer=normalizer,
     )
 
 

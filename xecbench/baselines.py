@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 import torch
 
-from .. import geometry as geo
+from . import geometry as geo
 
 
 @cache
