@@ -98,7 +98,7 @@ ROWS = [
     (TRAIN + " --set model.init_from={d}/inpaint.pt", "model.init_from is only used with model.task=inpaint", 2),
     (
         TRAIN + " --set model.task=inpaint --set model.init_from={d}/nope.pt",
-        "checkpoint {d}/nope.pt not found",
+        "model.init_from={d}/nope.pt not found",
         2,
     ),
     pytest.param(  # an inpainter checkpoint is not an MAE: build_model names the mismatch
@@ -107,6 +107,14 @@ ROWS = [
         2,
     ),
     (TRAIN + " --set data.source={d}/one.npz", "has 1 events; need at least 2", 2),
+    (TRAIN + " --set data.source={d}/dead.npz", "no event has a valid sensor", 2),
+    (TRAIN + " --set training.run_dir={d}/ok.yaml", "training.run_dir={d}/ok.yaml is a file", 2),
+    (TRAIN + " --set training.device=mps", "has no MPS", 2),
+    (
+        TRAIN + " --set model.task=inpaint --set model.init_from={d}/run/checkpoint.pt --set data.npho_scheme=sqrt",
+        "was trained on data normalised as",
+        2,
+    ),
     # ---- config files and override syntax
     ("train {d}/nope.yaml", "config file {d}/nope.yaml not found", 2),
     ("train {d}", "config file {d} is not a file", 2),
@@ -212,6 +220,9 @@ def files(tmp_path_factory):
     events = simulate(3, seed=1)
     save_npz(d / "events.npz", events)
     save_npz(d / "one.npz", simulate(1, seed=1))
+    dead = simulate(4, seed=1)
+    dead["npho"][:] = 1e10
+    save_npz(d / "dead.npz", dead)
     root = write_root(d / "whole.root", simulate(300, seed=2))
     data = root.read_bytes()
     (d / "truncated.root").write_bytes(data[: len(data) // 2])

@@ -94,3 +94,11 @@ def test_oracle_row_and_gap_closed_by_hand():
     events = {k: v for k, v in simulate(8, seed=3).items() if k != "nphoExpected"}
     plain = compare_inpainting(model, EventDataset(events), mask_ratio=0.1, seed=1)
     assert "oracle" not in plain["normalised"] and plain["gap_closed"] == {}
+
+
+def test_format_table_shows_a_dash_where_nothing_was_scored():
+    from xecbench.eval import format_table
+
+    table = {"model": {"inner": {"rmse": 0.0123}, "top": {"rmse": float("nan")}}}
+    lines = format_table(table, "rmse").splitlines()
+    assert lines[1].split() == ["model", "0.0123", "-"]

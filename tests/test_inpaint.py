@@ -51,19 +51,50 @@ def test_frozen_encoder_gets_no_gradient_and_heads_all_do():
     torch.manual_seed(0)
     model = XECInpainter(XECMAE(MAEConfig(encoder=encoder_config("tiny"))).encoder, freeze_encoder=True)
     x, valid, tv = _batch()
-    out = model.train()(x, SensorMask(valid, tv, random_hidden(valid, 0.1)), capacity=600)
+    masks = SensorMask(valid, tv, random_hidden(valid, 0.1))
+    out = model.train()(x, masks, capacity=600)
     out.loss.backward()
     assert all(p.grad is None for p in model.encoder.parameters())
+    # the heads' output layers start at zero (the model starts as the classical estimate), so at
+    # first only they and the blend learn; after one step every head parameter does
+    first = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert first == {n for n, _ in model.named_parameters() if n.endswith(("out.weight", "out.bias")) or n == "blend"}
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    model.zero_grad()
+    model(x, masks, capacity=600).loss.backward()
     missing = [n for n, p in model.heads.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == []
     assert not model.encoder.training  # frozen encoder stays in eval mode
+
+
+def test_an_untrained_inpainter_is_the_neighbour_average():
+    from xecbench.baselines import neighbour_average
+    from xecbench.data import EventDataset, Normalizer
+
+    torch.manual_seed(0)
+    model = XECInpainter(XECMAE().encoder).eval()
+    data = EventDataset.from_simulation(4, seed=2)
+    b = data[0:4]
+    masks = SensorMask(b["valid"], b["time_valid"], random_hidden(b["valid"], 0.1))
+    with torch.no_grad():
+        out = model(b["x"], masks, capacity=600)
+    norm = Normalizer()
+    raw = norm.npho_inverse(torch.where(masks.visible, b["x"][..., 0], 0.0).double())
+    nb, has = neighbour_average(raw, masks.visible)
+    got = norm.npho_inverse(out.dense[..., 0].double())
+    sel = masks.scored & has
+    assert torch.allclose(got[sel], nb[sel], rtol=1e-4, atol=1e-2)
 
 
 def test_trainable_encoder_gets_gradient():
     torch.manual_seed(0)
     model = XECInpainter(XECMAE().encoder, freeze_encoder=False)
     x, valid, tv = _batch()
-    model(x, SensorMask(valid, tv, random_hidden(valid, 0.1)), capacity=600).loss.backward()
+    masks = SensorMask(valid, tv, random_hidden(valid, 0.1))
+    model(x, masks, capacity=600).loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()  # output layers leave zero; then the encoder learns too
+    model.zero_grad()
+    model(x, masks, capacity=600).loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
 
 

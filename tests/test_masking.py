@@ -63,7 +63,7 @@ def test_an_all_dead_event_changes_nothing_for_the_others():
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert all(torch.isfinite(gr).all() for gr in grads) and len(grads) > 0
     alone = model(x[:1], SensorMask(valid[:1], tv[:1], hidden[:1]))
-    assert both.loss.item() == pytest.approx(alone.loss.item(), rel=1e-5)
+    assert both.loss.item() == pytest.approx(alone.loss.item() / 2, rel=1e-5)  # a mean over 2 events, one 0
     dead = model(x[1:], SensorMask(valid[1:], tv[1:], hidden[1:]))
     assert dead.loss.item() == 0.0  # nothing scored: no contribution, not NaN
 
@@ -150,8 +150,9 @@ def test_masked_loss_against_a_loop():
     masks = SensorMask(valid, tv, hidden)
     cw = torch.tensor([1.0, 0.25])
     total, per_face = masked_loss(pred, target, masks, FaceLayout(), "l1", cw)
-    sums, counts = [0.0, 0.0], [0, 0]
+    event_losses = []
     for b in range(2):
+        sums, counts = [0.0, 0.0], [0, 0]
         for i in range(4760):
             if valid[b, i] and hidden[b, i]:
                 sums[0] += abs(float(pred[b, i, 0] - target[b, i, 0]))
@@ -159,7 +160,8 @@ def test_masked_loss_against_a_loop():
                 if tv[b, i]:
                     sums[1] += abs(float(pred[b, i, 1] - target[b, i, 1]))
                     counts[1] += 1
-    assert total.item() == pytest.approx(sums[0] / counts[0] + 0.25 * sums[1] / counts[1], rel=1e-5)
+        event_losses.append(sums[0] / counts[0] + 0.25 * sums[1] / counts[1])
+    assert total.item() == pytest.approx(sum(event_losses) / 2, rel=1e-5)
     assert set(per_face) == set(geo.FACES)
     nothing = SensorMask(valid, tv, torch.zeros_like(hidden))
     p = pred.clone().requires_grad_(True)
@@ -184,3 +186,27 @@ def test_fully_hidden_cells_against_a_loop():
                 ref[c] = ref.get(c, True) and bool(hidden[b, i])
         expect = torch.tensor([ref.get(c, False) for c in cells.tolist()])
         assert torch.equal(got[b], expect)
+
+
+def test_masked_loss_splits_exactly_into_micro_batches():
+    """What gradient accumulation needs: the loss of 4 events equals 3/4 of the first 3 events' loss
+    plus 1/4 of the last one's, also when the events have very different numbers of scored sensors."""
+    torch.manual_seed(0)
+    model = XECMAE(MAEConfig(encoder=encoder_config("tiny")))
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 4760, 2, generator=g)
+    valid = torch.rand(4, 4760, generator=g) > torch.tensor([[0.05], [0.5], [0.9], [0.2]])
+    tv = valid & (torch.rand(4, 4760, generator=g) > torch.tensor([[0.9], [0.5], [0.97], [0.8]]))
+    masks = SensorMask(valid, tv, random_hidden(valid, 0.6, g))
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    big = grads(model(x, masks).loss)
+    model.zero_grad()
+    (0.75 * model(x[:3], masks[:3]).loss).backward()
+    (0.25 * model(x[3:], masks[3:]).loss).backward()
+    acc = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert torch.allclose(acc, big, atol=1e-6, rtol=1e-4)

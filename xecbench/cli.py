@@ -9,6 +9,7 @@ for failures while running (e.g. a NaN loss); Ctrl-C exits with 130 (``train`` s
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -165,7 +166,9 @@ def _evaluate(args: argparse.Namespace) -> None:
             print(f"\n[{units} npho] {stat}")
             print(format_table(result[units], stat))
     if result["gap_closed"]:
-        gaps = "  ".join(f"{face} {value:.0%}" for face, value in result["gap_closed"].items())
+        gaps = "  ".join(
+            f"{face} {v:.0%}" if math.isfinite(v) else f"{face} -" for face, v in result["gap_closed"].items()
+        )
         print(f"\nneighbour-average-to-floor gap closed by the model (normalised MSE): {gaps}")
     else:
         print("\nno Poisson floor: the data carry no nphoExpected (simulated data do)")
@@ -174,8 +177,15 @@ def _evaluate(args: argparse.Namespace) -> None:
 
         tables = {k: v for k, v in result.items() if k in ("raw", "normalised", "gap_closed")}
         with atomic_path(args.out) as tmp:
-            tmp.write_text(json.dumps(tables, indent=1))
+            tmp.write_text(json.dumps(_finite_or_none(tables), indent=1))  # NaN is not JSON: null
         print(f"\nwrote {args.out}")
+
+
+def _finite_or_none(tree):
+    """Nested dicts of numbers with NaN/inf replaced by None (a face with nothing scored)."""
+    if isinstance(tree, dict):
+        return {k: _finite_or_none(v) for k, v in tree.items()}
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
 
 
 def _without_init(model_cfg):

@@ -101,8 +101,8 @@ def write_result(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
 def accumulation_gap(model: torch.nn.Module, batch: dict, masks: SensorMask, n_micro: int) -> tuple[float, float]:
     """Gradients of one MAE batch against ``n_micro`` equal micro-batches accumulated with loss / n.
 
-    Uses fixed ``masks`` with the same number of scored sensors per event and scores npho only, so
-    every micro-batch mean has the same weight. Returns (max |difference|, max |gradient|)."""
+    Uses fixed ``masks``; the loss is a mean over events, so equal micro-batches weigh the same.
+    Returns (max |difference|, max |gradient|)."""
 
     def grads(chunks: int) -> list[torch.Tensor]:
         model.zero_grad()

@@ -13,6 +13,8 @@ than the neighbour average, 1 = at the floor, negative = worse than the neighbou
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -71,12 +73,16 @@ def gap_closed(table: dict[str, dict[str, dict[str, float]]], method: str = "mod
     return out
 
 
+def _number(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else "-"
+
+
 def format_table(result: dict[str, dict[str, dict[str, float]]], stat: str = "rmse") -> str:
     """One row per method, one column per face (and all) of ``stat``; columns are right-aligned and
-    at least two spaces apart, however long the numbers."""
+    at least two spaces apart, however long the numbers; ``-`` where a face had nothing scored."""
     methods = list(result)
     faces = list(next(iter(result.values())))
-    cells = {m: [f"{result[m][f][stat]:.4g}" for f in faces] for m in methods}
+    cells = {m: [_number(result[m][f][stat]) for f in faces] for m in methods}
     widths = [max(10, len(f) + 2, *(len(cells[m][i]) + 2 for m in methods)) for i, f in enumerate(faces)]
     name_w = max(18, len(stat) + 2, *(len(m) + 2 for m in methods))
     lines = [f"{stat:<{name_w}}" + "".join(f"{f:>{w}}" for f, w in zip(faces, widths))]

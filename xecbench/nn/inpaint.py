@@ -72,9 +72,9 @@ def classical_estimates(x: torch.Tensor, masks: SensorMask, normalizer: Normaliz
     sa, _ = solid_angle_estimate(raw, visible)
     t_nb, t_has = neighbour_average(x[..., 1], visible & masks.time_valid)
     h = has.to(x.dtype)
-    return torch.stack(
-        [normalizer.npho(nb) * h, normalizer.npho(sa) * h, t_nb * t_has.to(x.dtype), h], dim=-1
-    ).to(x.dtype)
+    return torch.stack([normalizer.npho(nb) * h, normalizer.npho(sa) * h, t_nb * t_has.to(x.dtype), h], dim=-1).to(
+        x.dtype
+    )
 
 
 class GridHead(nn.Module):

@@ -18,8 +18,10 @@ random ``hidden`` at a ratio, with two granularities:
   so the masked convolution never sees a hidden cell. With sensor masking a last-stage inner cell
   is almost never fully hidden, and the encoder's last stage then acts as a dense one.
 
-:func:`masked_loss` is the loss of every model: npho on every scored sensor, time where it is
-scored and time-valid, per channel mean, channel weights, the same per face.
+:func:`masked_loss` is the loss of every model: per event, the mean error over its scored sensors
+(npho) and time-scored sensors (time), channel weights, then the mean over the events. Being a mean
+over events, it splits exactly into micro-batches (gradient accumulation weighs each micro-batch by
+its number of events), and an event with nothing scored contributes 0.
 """
 
 from __future__ import annotations
@@ -161,19 +163,20 @@ def masked_loss(
     kind: str = "mse",
     channel_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean error over the scored sensors, per channel, weighted and summed; the same per face.
+    """Mean over events of each event's channel-weighted mean error over its scored sensors; the
+    same per face (each event's mean over the face's scored sensors).
 
     pred, target ``(B, 4760, 2)`` normalised (npho, time). npho counts on every scored sensor, time
-    on the time-scored ones. Unscored targets get exactly zero weight and gradient, and a batch (or
-    face) with nothing scored gives 0, not NaN.
+    on the time-scored ones. Unscored targets get exactly zero weight and gradient; an event (or a
+    face of it) with nothing scored contributes 0, never NaN.
     """
     w = torch.stack([masks.scored, masks.time_scored], dim=-1).to(pred.dtype)  # (B, N, 2)
     cw = pred.new_ones(2) if channel_weights is None else channel_weights.to(pred.dtype)
     target = torch.where(w > 0, target, 0.0)  # sentinels never enter the arithmetic
     err = masked_error(pred, target, kind) * w
-    total = (err.sum((0, 1)) / w.sum((0, 1)).clamp(min=1.0) * cw).sum()
-    per_face = {}
-    for face in geo.FACES:
-        ids = layout.ids(face)
-        per_face[face] = (err[:, ids].sum((0, 1)) / w[:, ids].sum((0, 1)).clamp(min=1.0) * cw).sum()
-    return total, per_face
+
+    def per_event(e: torch.Tensor, ww: torch.Tensor) -> torch.Tensor:  # (B, n, 2) -> scalar
+        return ((e.sum(1) / ww.sum(1).clamp(min=1.0)) * cw).sum(-1).mean()
+
+    per_face = {face: per_event(err[:, layout.ids(face)], w[:, layout.ids(face)]) for face in geo.FACES}
+    return per_event(err, w), per_face

@@ -264,6 +264,12 @@ def validate(cfg: Config, strict: bool = True) -> None:
         raise ConfigError(f"training.device must be auto, cpu, mps, cuda or cuda:N, got {t.device!r}")
     if not t.run_dir.strip():
         raise ConfigError("training.run_dir must not be empty")
+    if Path(t.run_dir).exists() and not Path(t.run_dir).is_dir():
+        raise ConfigError(f"training.run_dir={t.run_dir} is a file, not a folder")
+    if strict and m.task == "inpaint" and m.init_from and not Path(m.init_from).is_file():
+        raise ConfigError(
+            f"model.init_from={m.init_from} not found: train the MAE first (e.g. xecbench train configs/mae_tiny.yaml)"
+        )
 
 
 def _check_source(key: str, value: str, strict: bool, simulate_ok: bool) -> None:

@@ -52,6 +52,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"training.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("training.device='mps' but this PyTorch has no MPS (Apple GPU) support; use 'auto' or 'cpu'")
     return torch.device(name)
 
 
@@ -121,6 +123,9 @@ class Trainer:
             sampler=self.sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
+            # its own generator: making an iterator then never draws from the global RNG, which
+            # draws the masks, so the masks (and resume) do not depend on data.num_workers
+            generator=torch.Generator().manual_seed(cfg.seed),
         )
         self.batches_per_epoch = len(self.loader)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum_steps)

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from ..data import EventDataset, Normalizer, SimConfig, load_events, simulate
 from ..geometry import N_CHANNELS
 from ..nn import XECMAE, MAEConfig, SensorMask, XECInpainter, encoder_config, random_hidden
-from .checkpoint import inference_weights, load_checkpoint, model_mismatch
+from .checkpoint import config_from_checkpoint, inference_weights, load_checkpoint, model_mismatch
 from .config import Config, ConfigError, DataConfig, ModelConfig
 
 Task = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -62,10 +62,17 @@ def build_model(mcfg: ModelConfig, normalizer: Normalizer | None = None) -> nn.M
     if mcfg.task == "mae":
         return mae
     if mcfg.init_from:
-        weights = inference_weights(load_checkpoint(mcfg.init_from))
+        state = load_checkpoint(mcfg.init_from)
+        weights = inference_weights(state)
         problem = model_mismatch(weights, mae.state_dict())
         if problem:
             raise ConfigError(f"model.init_from={mcfg.init_from} is not a checkpoint of this MAE: {problem}")
+        trained_with = build_normalizer(config_from_checkpoint(state).data)
+        if normalizer is not None and trained_with != normalizer:
+            raise ConfigError(
+                f"model.init_from={mcfg.init_from} was trained on data normalised as {trained_with}, this run's "
+                f"data section gives {normalizer}: set the data.npho_* and data.time_* keys as in that run"
+            )
         mae.load_state_dict(weights)
     return XECInpainter(
         mae.encoder,
@@ -93,7 +100,15 @@ def build_sim_config(d: DataConfig) -> SimConfig:
 
 def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     """Training and validation sets from ``cfg.data``: simulated (validation from another seed) or a
-    file (validation from ``val_source``, else the last ``n_val`` events of ``source``)."""
+    file (validation from ``val_source``, else the last ``n_val`` events of ``source``). A training
+    set without a single valid sensor is refused (it would train on nothing, silently)."""
+    train, val = _datasets(cfg)
+    if not bool(train.tensors["valid"].any()):
+        raise ConfigError(f"data.source {cfg.data.source}: no event has a valid sensor (every npho is invalid)")
+    return train, val
+
+
+def _datasets(cfg: Config) -> tuple[EventDataset, EventDataset]:
     d = cfg.data
     norm = build_normalizer(d)
     if d.source == "simulate":
