@@ -210,3 +210,18 @@ def test_masked_loss_splits_exactly_into_micro_batches():
     (0.25 * model(x[3:], masks[3:]).loss).backward()
     acc = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert torch.allclose(acc, big, atol=1e-6, rtol=1e-4)
+
+
+def test_hiding_face_by_face_counts_each_face_on_its_own():
+    from xecbench.nn import random_hidden_by_face
+
+    g = torch.Generator().manual_seed(3)
+    valid = torch.rand(3, 4760, generator=g) > 0.1
+    ratios = {f: (0.05 if f == "inner" else 0.2) for f in geo.FACES}
+    hidden = random_hidden_by_face(valid, ratios, g)
+    assert not (hidden & ~valid).any()
+    for face in geo.FACES:
+        ids = torch.as_tensor(np.array(geo.face_ids(face)))
+        n_valid = valid[:, ids].sum(1)
+        expected = [math.floor(ratios[face] * int(n)) for n in n_valid]
+        assert hidden[:, ids].sum(1).tolist() == expected, face

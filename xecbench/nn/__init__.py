@@ -7,7 +7,7 @@ from .fusion import Fusion
 from .hex import HexAttention, HexConv, HexNeXtBlock
 from .inpaint import InpaintOutput, XECInpainter, gather_masked
 from .mae import XECMAE, MAEConfig, MAEOutput
-from .masking import MASK_UNITS, SensorMask, last_stage_cells, masked_loss, random_hidden
+from .masking import MASK_UNITS, SensorMask, last_stage_cells, masked_loss, random_hidden, random_hidden_by_face
 from .params import count_parameters, preset_parameter_counts
 from .posenc import POSENCS
 
@@ -40,5 +40,6 @@ __all__ = [
     "masked_loss",
     "preset_parameter_counts",
     "random_hidden",
+    "random_hidden_by_face",
     "zero_masked",
 ]

@@ -110,6 +110,18 @@ def random_hidden(
     return rank < n_hide
 
 
+def random_hidden_by_face(
+    valid: torch.Tensor, ratios: dict[str, float], generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """:func:`random_hidden` face by face: each face hides ``floor(ratios[face] * n_valid)`` of each
+    event's valid sensors on it. valid ``(B, 4760)`` -> hidden ``(B, 4760)`` bool."""
+    hidden = torch.zeros_like(valid)
+    for face in geo.FACES:  # six faces, not a loop over events or sensors
+        ids = torch.as_tensor(np.array(geo.face_ids(face)), device=valid.device)
+        hidden[:, ids] = random_hidden(valid[:, ids], ratios[face], generator)
+    return hidden
+
+
 @cache
 def _last_stage_cells(strides: tuple[tuple[str, int], ...]) -> np.ndarray:
     cells = np.full(geo.N_CHANNELS, -1, dtype=np.int64)

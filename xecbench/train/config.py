@@ -49,6 +49,9 @@ class ModelConfig:
     mask_unit: str = _choices("sensor", "cell", default="sensor")  # MAE: hide single sensors or last-stage cells
     # inpainting only: the fraction of valid sensors hidden per event
     inpaint_mask_ratio: float = _range(0.05, 0.0, 1.0, lo_open=True, hi_open=True)
+    # in training, the fraction hidden on the PMT faces (outer, us, ds, top, bottom), which a uniform
+    # 5 % leaves with a few hidden sensors per event; default: inpaint_mask_ratio
+    inpaint_pmt_mask_ratio: float | None = _range(None, 0.0, 1.0, lo_open=True, hi_open=True)
     freeze_encoder: bool = True
     head_width: int = _range(32, 1)
     init_from: str | None = None  # an MAE checkpoint whose encoder the inpainter starts from

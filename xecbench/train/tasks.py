@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import EventDataset, Normalizer, SimConfig, load_events, simulate
-from ..geometry import N_CHANNELS
-from ..nn import XECMAE, MAEConfig, SensorMask, XECInpainter, encoder_config, random_hidden
+from ..geometry import FACES, N_CHANNELS
+from ..nn import XECMAE, MAEConfig, SensorMask, XECInpainter, encoder_config, random_hidden_by_face
 from .checkpoint import config_from_checkpoint, inference_weights, load_checkpoint, model_mismatch
 from .config import Config, ConfigError, DataConfig, ModelConfig
 
@@ -30,13 +30,14 @@ def mae_task(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, tor
     return out.loss, out.loss_per_face
 
 
-def inpaint_task(mask_ratio: float) -> Task:
-    """Hide ``mask_ratio`` of each event's valid sensors; the model fills those and the dead ones
-    and is scored on the hidden valid ones."""
-    capacity = math.ceil(mask_ratio * N_CHANNELS) + 64  # the hidden sensors fit; dead ones may overflow
+def inpaint_task(mask_ratio: float, pmt_mask_ratio: float | None = None) -> Task:
+    """Hide ``mask_ratio`` of each event's valid sensors (``pmt_mask_ratio`` on the PMT faces, when
+    given); the model fills those and the dead ones and is scored on the hidden valid ones."""
+    ratios = {f: mask_ratio if f == "inner" or pmt_mask_ratio is None else pmt_mask_ratio for f in FACES}
+    capacity = math.ceil(max(ratios.values()) * N_CHANNELS) + 64  # the hidden fit; dead ones may overflow
 
     def task(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        masks = SensorMask.of(batch, random_hidden(batch["valid"], mask_ratio))
+        masks = SensorMask.of(batch, random_hidden_by_face(batch["valid"], ratios))
         out = model(batch["x"], masks, capacity=capacity)
         return out.loss, out.loss_per_face
 
@@ -85,7 +86,7 @@ def build_model(mcfg: ModelConfig, normalizer: Normalizer | None = None) -> nn.M
 
 
 def build_task(mcfg: ModelConfig) -> Task:
-    return mae_task if mcfg.task == "mae" else inpaint_task(mcfg.inpaint_mask_ratio)
+    return mae_task if mcfg.task == "mae" else inpaint_task(mcfg.inpaint_mask_ratio, mcfg.inpaint_pmt_mask_ratio)
 
 
 def build_normalizer(d: DataConfig) -> Normalizer:
