@@ -21,9 +21,10 @@ from . import geometry as geo
 
 
 @cache
-def _table(radius: float, max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded same-face neighbour table (ids, -1 -> 0) and where a neighbour exists, built once."""
-    nb = torch.as_tensor(np.array(geo.neighbours(radius, max_k)))
+def _table(radius: float, max_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded same-face neighbour table (ids, -1 -> 0) and where a neighbour exists, built once per
+    device (the inpainter uses the baselines inside its forward pass, on the GPU too)."""
+    nb = torch.as_tensor(np.array(geo.neighbours(radius, max_k)), device=device)
     exists = nb >= 0
     return nb.clamp(min=0), exists
 
@@ -36,7 +37,7 @@ def neighbour_average(
     values ``(B, 4760)`` raw (npho or time), usable ``(B, 4760)`` bool. Returns the estimate
     ``(B, 4760)`` (0 where no neighbour is usable) and ``(B, 4760)`` bool: an estimate exists.
     """
-    nb, exists = _table(radius, max_k)  # (N, K)
+    nb, exists = _table(radius, max_k, values.device)  # (N, K)
     ok = usable[:, nb] & exists  # (B, N, K)
     v = torch.where(ok, values[:, nb], 0.0)
     count = ok.sum(-1)
@@ -44,17 +45,16 @@ def neighbour_average(
 
 
 @cache
-def _sensor_tensors(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sensor positions, normals and areas as tensors, built once per dtype."""
-    return tuple(
-        torch.tensor(a, dtype=dtype) for a in (geo.sensor_positions(), geo.sensor_normals(), geo.sensor_areas())
-    )
+def _sensor_tensors(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sensor positions, normals and areas as tensors, built once per dtype and device."""
+    arrays = (geo.sensor_positions(), geo.sensor_normals(), geo.sensor_areas())
+    return tuple(torch.tensor(a, dtype=dtype, device=device) for a in arrays)
 
 
 def solid_angles(source: torch.Tensor) -> torch.Tensor:
     """``area * cos(incidence) / d^2`` of every sensor from points ``source (B, 3)`` -> ``(B, 4760)``
     (0 for sensors facing away)."""
-    pos, nrm, area = _sensor_tensors(source.dtype)
+    pos, nrm, area = _sensor_tensors(source.dtype, source.device)
     d = source[:, None, :] - pos[None]  # (B, N, 3) from sensor to source
     d2 = d.pow(2).sum(-1).clamp(min=1.0)
     cos = (d * nrm).sum(-1) / d2.sqrt()
@@ -64,7 +64,7 @@ def solid_angles(source: torch.Tensor) -> torch.Tensor:
 def estimate_source(npho: torch.Tensor, usable: torch.Tensor, top_k: int = 10, depth: float = 3.0) -> torch.Tensor:
     """Shower position ``(B, 3)``: the npho-weighted mean of the ``top_k`` brightest usable
     sensors, pushed ``depth`` cm into the xenon along their weighted normal."""
-    pos, nrm, _ = _sensor_tensors(npho.dtype)
+    pos, nrm, _ = _sensor_tensors(npho.dtype, npho.device)
     w, idx = torch.where(usable, npho, -1.0).topk(top_k, dim=1)
     w = w.clamp(min=0)[..., None]
     centre = (pos[idx] * w).sum(1) / w.sum(1).clamp(min=1e-9)
@@ -90,7 +90,7 @@ def solid_angle_estimate(
     if source is None:
         source = estimate_source(npho, usable)
     omega = solid_angles(source)  # (B, N)
-    nb, exists = _table(radius, max_k)
+    nb, exists = _table(radius, max_k, npho.device)
     ok = usable[:, nb] & exists
     light = torch.where(ok, npho[:, nb], 0.0).sum(-1)
     seen = torch.where(ok, omega[:, nb], 0.0).sum(-1)
