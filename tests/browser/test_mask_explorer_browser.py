@@ -99,6 +99,18 @@ def lab(tmp_path_factory):
             server.kill()
 
 
+def _accept_kernel_dialog(pg) -> None:
+    """JupyterLab sometimes opens a notebook with a "Select Kernel" dialog (a race between the session
+    and the kernel start, seen on a loaded machine); it blocks every click. Accept its default kernel."""
+    dialog = pg.locator(".jp-Dialog")
+    try:
+        dialog.wait_for(state="visible", timeout=3_000)
+    except Exception:
+        return  # no dialog
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
+    dialog.wait_for(state="detached", timeout=30_000)
+
+
 @pytest.fixture(scope="module")
 def page(lab, tmp_path_factory):
     from playwright.sync_api import sync_playwright
@@ -114,6 +126,7 @@ def page(lab, tmp_path_factory):
             pg.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
             pg.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
             for attempt in range(3):  # a click before the kernel is wired up can be lost: check it started
+                _accept_kernel_dialog(pg)
                 pg.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()  # Run > Run All Cells
                 pg.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
                 try:
