@@ -1,6 +1,7 @@
 import math
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 
@@ -25,7 +26,7 @@ def test_render_hides_the_expected_number_of_sensors(setup):
         # the mask draws floor(ratio * n_valid) sensors over the whole detector; this face gets its share
         assert 0 < info["n_hidden"] <= valid[geo.face_ids(face)].sum()
         assert info["n_sensors"] == geo.face_ids(face).size
-        assert len(fig.axes) == 6  # four panels, two colour bars
+        assert len(fig.axes) == 7  # five panels, two colour bars
         plt.close(fig)
     fig, info = render(model, ds, 0, "inner", 0.6)
     masked_all = math.floor(0.6 * n_valid_total)
@@ -49,3 +50,22 @@ def test_widget_redraws_on_slider_and_selectors(setup):
     assert box.last["face"] == "top" and box.last["n_sensors"] == 73
     box.controls["event"].value = 3
     assert box.last["event"] == 3 and len(box.output.outputs) == 1
+
+
+def test_reconstruct_shows_the_neighbour_average_beside_the_model(setup):
+    from xecbench.baselines import neighbour_average
+    from xecbench.eval import reconstruct
+
+    model, ds = setup
+    rec = reconstruct(model, ds, 1, 0.3, seed=4)
+    hidden, dead = rec["hidden"], rec["dead"]
+    assert hidden.any() and not (hidden & dead).any()
+    visible = ~hidden & ~dead
+    truth = np.nan_to_num(rec["truth"])
+    ref, _ = neighbour_average(torch.as_tensor(np.where(visible, truth, 0.0))[None], torch.as_tensor(visible)[None])
+    assert np.allclose(rec["neighbour_average"][hidden], ref[0].numpy()[hidden])
+    shown = ~hidden & ~dead
+    assert np.array_equal(rec["neighbour_average"][shown], rec["truth"][shown])  # the input elsewhere
+    fig, info = render(model, ds, 1, "inner", 0.3, seed=4)
+    plt.close(fig)
+    assert info["rmse_neighbour_average"] > 0 and np.isfinite(info["rmse_model"])

@@ -57,9 +57,16 @@ def run_demo(
     val = trainer.val_data
     rec = reconstruct(model, val, 0, cfg.model.mask_ratio, seed)
     fig = face_panels(
-        {"masked input": rec["masked_input"], "truth": rec["truth"], "reconstruction": rec["reconstruction"]},
+        {
+            "masked input": rec["masked_input"],
+            "neighbour average": rec["neighbour_average"],
+            "MAE reconstruction": rec["reconstruction"],
+            "truth": rec["truth"],
+        },
         "inner",
-        title=f"Inner face, {cfg.model.mask_ratio:.0%} of valid sensors masked (grey): MAE after {trainer.step} steps",
+        dead=rec["dead"],
+        title=f"Inner face, {cfg.model.mask_ratio:.0%} of valid sensors hidden (grey; crosses: dead channels): "
+        f"MAE after {trainer.step} steps",
     )
     fig.savefig(out / "reconstruction_inner.png", dpi=110)
     fig = event_display(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..baselines import neighbour_average
 from ..data import EventDataset
 from ..nn import XECMAE
 
@@ -13,8 +14,10 @@ from ..nn import XECMAE
 def reconstruct(model: XECMAE, dataset: EventDataset, index: int, mask_ratio: float, seed: int = 0) -> dict:
     """Hide ``mask_ratio`` of one event's valid sensors (the model's unit) and reconstruct them.
     Returns raw ``(4760,)`` npho arrays: ``truth`` (NaN where dead), ``masked_input`` (NaN where
-    hidden or dead), ``reconstruction`` (the model at hidden sensors, the input elsewhere), and the
-    ``hidden`` and ``dead`` booleans (disjoint: only valid sensors are hidden)."""
+    hidden or dead), ``reconstruction`` (the model at hidden sensors, the input elsewhere),
+    ``neighbour_average`` (the classical baseline at hidden sensors, the input elsewhere: what the
+    model has to beat), and the ``hidden`` and ``dead`` booleans (disjoint: only valid sensors are
+    hidden)."""
     item = dataset[index : index + 1]
     g = torch.Generator().manual_seed(seed)
     model.eval()
@@ -25,11 +28,14 @@ def reconstruct(model: XECMAE, dataset: EventDataset, index: int, mask_ratio: fl
     pred = norm.npho_inverse(out.pred[0, :, 0].double()).clamp(min=0).numpy()
     hidden = out.masks.hidden[0].numpy()
     dead = ~item["valid"][0].numpy()
+    visible = out.masks.visible
+    nb = neighbour_average(torch.where(visible, torch.as_tensor(truth)[None], 0.0), visible)[0][0].numpy()
     truth[dead] = np.nan
     return {
         "truth": truth,
         "masked_input": np.where(hidden, np.nan, truth),
         "reconstruction": np.where(hidden, pred, truth),
+        "neighbour_average": np.where(hidden, nb, truth),
         "hidden": hidden,
         "dead": dead,
     }

@@ -26,9 +26,11 @@ from .display import _values_norm, draw_face
 def render(
     model: XECMAE, dataset: EventDataset, event: int = 0, face: str = "inner", ratio: float = 0.6, seed: int = 0
 ) -> tuple[Figure, dict[str, Any]]:
-    """Masked input, reconstruction, truth and relative error on one face of one event.
+    """Masked input (crosses: dead, white dots: hidden), the neighbour-average baseline, the model's
+    reconstruction, the truth and the model's relative error on one face of one event.
 
-    Returns the figure and ``{"ratio", "face", "event", "n_hidden", "n_sensors", "recon_sum"}``.
+    Returns the figure and ``{"ratio", "face", "event", "n_hidden", "n_sensors", "recon_sum",
+    "rmse_model", "rmse_neighbour_average"}`` (RMSE in photons over the face's hidden sensors).
     """
     if face not in geo.FACES:
         raise ValueError(f"face must be one of {geo.FACES}, got {face!r}")
@@ -37,17 +39,27 @@ def render(
     truth = rec["truth"]
     err = np.where(rec["hidden"], (rec["reconstruction"] - truth) / np.maximum(np.nan_to_num(truth), 10.0), np.nan)
     tall = face == "inner"
-    fig, axes = plt.subplots(1, 4, figsize=(12, 4.6 if tall else 3.0), layout="constrained")
+    fig, axes = plt.subplots(1, 5, figsize=(15, 4.6 if tall else 3.0), layout="constrained")
     shared = _values_norm(np.concatenate([rec["masked_input"][ids], truth[ids]]), "npho", None, None)
-    panels = (("masked input", rec["masked_input"]), ("reconstruction", rec["reconstruction"]), ("truth", truth))
-    for ax, (name, values) in zip(axes, panels):
-        art = draw_face(ax, values, face, norm=shared, dead=rec["dead"])
+    panels = (
+        ("masked input", rec["masked_input"]),
+        ("neighbour average", rec["neighbour_average"]),
+        ("model", rec["reconstruction"]),
+        ("truth", truth),
+    )
+    for k, (ax, (name, values)) in enumerate(zip(axes, panels)):
+        art = draw_face(ax, values, face, norm=shared, dead=rec["dead"], hidden=rec["hidden"] if k == 0 else None)
         ax.set_title(name, fontsize=9)
-    fig.colorbar(art.main, ax=list(axes[:3]), shrink=0.8, label="npho (photons)")
-    e = draw_face(axes[3], err, face, quantity="time", norm=Normalize(-1, 1), cmap="coolwarm")
-    axes[3].set_title("(reco - truth) / truth, hidden", fontsize=9)
-    fig.colorbar(e.main, ax=axes[3], shrink=0.8)
+    fig.colorbar(art.main, ax=list(axes[:4]), shrink=0.8, label="npho (photons)")
+    e = draw_face(axes[4], err, face, quantity="time", norm=Normalize(-1, 1), cmap="coolwarm")
+    axes[4].set_title("(model - truth) / truth, hidden", fontsize=9)
+    fig.colorbar(e.main, ax=axes[4], shrink=0.8)
     n_hidden = int(rec["hidden"][ids].sum())
+    on_face = rec["hidden"][ids]
+
+    def rmse(estimate: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((estimate[ids][on_face] - truth[ids][on_face]) ** 2))) if n_hidden else np.nan
+
     fig.suptitle(f"event {event}, {face} face: mask ratio {ratio:.2f} ({n_hidden} of {ids.size} sensors hidden)")
     info = {
         "ratio": ratio,
@@ -55,7 +67,9 @@ def render(
         "event": event,
         "n_hidden": n_hidden,
         "n_sensors": int(ids.size),
-        "recon_sum": float(np.nansum(rec["reconstruction"][ids][rec["hidden"][ids]])),
+        "recon_sum": float(np.nansum(rec["reconstruction"][ids][on_face])),
+        "rmse_model": rmse(rec["reconstruction"]),
+        "rmse_neighbour_average": rmse(rec["neighbour_average"]),
     }
     return fig, info
 
@@ -101,7 +115,8 @@ def mask_explorer(
         out.append_display_data(Image(data=_png(fig), format="png"))
         readout.value = (
             f"<b>mask ratio {info['ratio']:.2f}</b>: {info['n_hidden']} of {info['n_sensors']}"
-            f" sensors on the {info['face']} face hidden"
+            f" sensors on the {info['face']} face hidden; RMSE over them: model {info['rmse_model']:.3g},"
+            f" neighbour average {info['rmse_neighbour_average']:.3g} photons"
         )
         box.last = info
 
