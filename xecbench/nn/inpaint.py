@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,9 +71,8 @@ def classical_estimates(x: torch.Tensor, masks: SensorMask, normalizer: Normaliz
     sa, _ = solid_angle_estimate(raw, visible)
     t_nb, t_has = neighbour_average(x[..., 1], visible & masks.time_valid)
     h = has.to(x.dtype)
-    return torch.stack([normalizer.npho(nb) * h, normalizer.npho(sa) * h, t_nb * t_has.to(x.dtype), h], dim=-1).to(
-        x.dtype
-    )
+    est = [normalizer.npho(nb) * h, normalizer.npho(sa) * h, t_nb * t_has.to(x.dtype), h]
+    return torch.stack(est, dim=-1).to(x.dtype)
 
 
 class GridHead(nn.Module):
@@ -156,7 +154,7 @@ class XECInpainter(nn.Module):
         self.blend = nn.Parameter(torch.zeros(len(geo.FACES)))
         face_of = torch.zeros(geo.N_CHANNELS, dtype=torch.long)
         for k, face in enumerate(geo.FACES):
-            face_of[torch.as_tensor(np.array(geo.face_ids(face)))] = k
+            face_of[encoder.layout.ids(face)] = k
         self.register_buffer("face_of_sensor", face_of, persistent=False)
 
     @classmethod
