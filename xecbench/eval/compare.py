@@ -1,4 +1,4 @@
-"""The inpainter against the baselines on the same hidden sensors, per face.
+"""A model (inpainter or MAE) against the baselines on the same hidden sensors, per face.
 
 :func:`compare_inpainting` hides ``mask_ratio`` of the valid sensors of every event (a fixed seed),
 asks the model, the neighbour average and the solid-angle estimate for their npho there, and
@@ -28,7 +28,8 @@ from .metrics import metrics_by_face
 def compare_inpainting(
     model: nn.Module, data: EventDataset, mask_ratio: float = 0.05, seed: int = 0, batch_size: int = 64
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """Returns ``{units: {method: {face: stats}}}`` with units ``normalised`` / ``raw`` and methods
+    """``model``: anything with ``predict(x, masks) -> (B, 4760, 2)`` (the inpainter, the MAE).
+    Returns ``{units: {method: {face: stats}}}`` with units ``normalised`` / ``raw`` and methods
     ``model``, ``neighbour_average``, ``solid_angle`` (and ``oracle`` when the data carry
     ``nphoExpected``), ``residuals_normalised``: ``{method: (n,)}`` residuals at every scored sensor,
     and ``gap_closed``: ``{face: fraction}`` (empty without the floor). npho only."""
@@ -43,10 +44,10 @@ def compare_inpainting(
         b = data[start : start + batch_size]
         x, valid, tv = b["x"], b["valid"], b["time_valid"]
         masks = SensorMask(valid, tv, random_hidden(valid, mask_ratio, g))
-        out = model(x.to(device), masks.to(device), capacity=1)
+        pred = model.predict(x.to(device), masks.to(device))
         raw = norm.npho_inverse(torch.where(valid, x[..., 0], 0.0).double())
         usable = masks.visible
-        preds["model"].append(norm.npho_inverse(out.dense[..., 0].double().cpu()))
+        preds["model"].append(norm.npho_inverse(pred[..., 0].double().cpu()))
         preds["neighbour_average"].append(neighbour_average(raw, usable)[0])
         preds["solid_angle"].append(solid_angle_estimate(raw, usable)[0])
         if floor:

@@ -21,6 +21,6 @@ def preset_parameter_counts() -> dict[str, dict[str, int]]:
         out[name] = {
             "encoder": count_parameters(mae.encoder),
             "mae": count_parameters(mae),
-            "inpainter_heads": count_parameters(XECInpainter(mae.encoder).heads),
+            "inpainter_heads": count_parameters(XECInpainter(mae.encoder).refiner),
         }
     return out

@@ -53,7 +53,7 @@ class ModelConfig:
     # 5 % leaves with a few hidden sensors per event; default: inpaint_mask_ratio
     inpaint_pmt_mask_ratio: float | None = _range(None, 0.0, 1.0, lo_open=True, hi_open=True)
     freeze_encoder: bool = True
-    head_width: int = _range(32, 1)
+    head_width: int = _range(32, 1)  # full-resolution refiner heads (MAE decoder and inpainter)
     init_from: str | None = None  # an MAE checkpoint whose encoder the inpainter starts from
 
 

@@ -45,8 +45,8 @@ def inpaint_task(mask_ratio: float, pmt_mask_ratio: float | None = None) -> Task
 
 
 def build_model(mcfg: ModelConfig, normalizer: Normalizer | None = None) -> nn.Module:
-    """The model a config's model section describes; an inpainter also needs the data's
-    ``normalizer`` (its classical estimates work on raw photon counts)."""
+    """The model a config's model section describes, given the data's ``normalizer`` (the refiner
+    heads of both the MAE and the inpainter make their classical estimates on raw photon counts)."""
     overrides = {"posenc": mcfg.posenc, "hex_op": mcfg.hex_op}
     if mcfg.token_dim is not None:
         overrides["token_dim"] = mcfg.token_dim
@@ -58,7 +58,9 @@ def build_model(mcfg: ModelConfig, normalizer: Normalizer | None = None) -> nn.M
             loss=mcfg.loss,
             channel_weights=mcfg.channel_weights,
             mask_unit=mcfg.mask_unit,
-        )
+            head_width=mcfg.head_width,
+        ),
+        normalizer,
     )
     if mcfg.task == "mae":
         return mae

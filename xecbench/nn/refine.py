@@ -1,0 +1,140 @@
+"""Full-resolution refinement: light heads that correct the classical estimates of every sensor.
+
+Both the inpainter and the MAE decoder end here. Every sensor first gets its classical estimates
+from its visible neighbours (:func:`classical_estimates`: the neighbour average and the solid-angle
+estimate of npho, the neighbour average of the time). A head per face then looks at the face at
+sensor resolution -- the visible sensors, the hidden flag, the estimates and whatever features the
+caller adds (the MAE's coarse decoder output) -- conditioned on the face's latent token, and predicts
+a *correction* to a per-face blend of the estimates. The correction and the blend start at exactly
+zero, so an untrained :class:`Refiner` is the neighbour average, and training moves it only where the
+data say it is better.
+
+Grid faces use two 3x3 convolutions on the face image, hex faces two direction-aware graph
+convolutions on the nodes (:class:`.hex.HexConv`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import geometry as geo
+from ..baselines import neighbour_average, solid_angle_estimate
+from ..data.normalize import Normalizer
+from .encoder import IN_CHANS, sensor_inputs
+from .faces import FaceLayout
+from .hex import HexConv
+from .masking import SensorMask
+
+N_ESTIMATES = 4  # neighbour-average npho, solid-angle npho, neighbour-average time, "an estimate exists"
+
+
+@torch.no_grad()
+def classical_estimates(x: torch.Tensor, masks: SensorMask, normalizer: Normalizer) -> torch.Tensor:
+    """The classical estimates of every sensor from its visible neighbours, ``(B, 4760, 4)`` in
+    normalised units: the neighbour average and the solid-angle estimate of npho (both computed on
+    raw photon counts, exactly as the baselines of :mod:`xecbench.baselines`), the neighbour average
+    of the time over time-valid neighbours, and 1 where a visible neighbour exists (else all 0)."""
+    visible = masks.visible
+    raw = normalizer.npho_inverse(torch.where(visible, x[..., 0], 0.0).float())
+    nb, has = neighbour_average(raw, visible)
+    sa, _ = solid_angle_estimate(raw, visible)
+    t_nb, t_has = neighbour_average(x[..., 1], visible & masks.time_valid)
+    h = has.to(x.dtype)
+    est = [normalizer.npho(nb) * h, normalizer.npho(sa) * h, t_nb * t_has.to(x.dtype), h]
+    return torch.stack(est, dim=-1).to(x.dtype)
+
+
+class GridHead(nn.Module):
+    """Face image ``(B, 3 + 4 + extra, H, W)`` (observations zero where hidden, estimates, extra
+    features), hidden ``(B, 1, H, W)`` and token ``(B, D)`` -> correction ``(B, 2, H, W)``, zero at
+    initialisation."""
+
+    def __init__(self, token_dim: int, width: int, extra: int = 0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(IN_CHANS + 1 + N_ESTIMATES + extra, width, 3, padding=1)
+        self.token_proj = nn.Linear(token_dim, width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.out = nn.Conv2d(width, 2, 1)
+        nn.init.zeros_(self.out.weight)  # start exactly at the classical estimate
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, img: torch.Tensor, hidden: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([img, hidden.to(img.dtype)], dim=1)
+        x = F.gelu(self.conv1(x) + self.token_proj(token)[..., None, None])
+        return self.out(F.gelu(self.conv2(x)))
+
+
+class HexHead(nn.Module):
+    """Nodes ``(B, 73, 3 + 4 + extra)``, hidden ``(B, 73)`` and token ``(B, D)`` -> correction
+    ``(B, 73, 2)``, zero at initialisation."""
+
+    def __init__(self, token_dim: int, width: int, extra: int = 0):
+        super().__init__()
+        self.inp = nn.Linear(IN_CHANS + 1 + N_ESTIMATES + extra, width)
+        self.token_proj = nn.Linear(token_dim, width)
+        self.conv1 = HexConv(width)
+        self.conv2 = HexConv(width)
+        self.out = nn.Linear(width, 2)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, nodes: torch.Tensor, hidden: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        x = self.inp(torch.cat([nodes, hidden[..., None].to(nodes.dtype)], dim=-1)) + self.token_proj(token)[:, None]
+        x = F.gelu(self.conv1(F.gelu(x)))
+        return self.out(F.gelu(self.conv2(x)))
+
+
+class Refiner(nn.Module):
+    """A head per face + a per-face blend: ``(x, masks, tokens[, extra]) -> (B, 4760, 2)``.
+
+    ``extra`` (optional) gives each face more input features at its own resolution: grid faces
+    ``(B, extra, H, W)``, hex faces ``(B, 73, extra)``.
+    """
+
+    def __init__(self, layout: FaceLayout, token_dim: int, width: int, normalizer: Normalizer, extra: int = 0):
+        super().__init__()
+        self.layout = layout
+        self.normalizer = normalizer  # the data's: the estimates are made on raw counts
+        self.heads = nn.ModuleDict(
+            {
+                f: (HexHead if f in geo.HEX_FACES else GridHead)(token_dim, width, extra)
+                for f in geo.FACES
+            }
+        )
+        # per face, how far the starting point moves from the neighbour average towards the
+        # solid-angle estimate (0 at first; the solid angle wins on some faces, loses on others)
+        self.blend = nn.Parameter(torch.zeros(len(geo.FACES)))
+        face_of = torch.zeros(geo.N_CHANNELS, dtype=torch.long)
+        for k, face in enumerate(geo.FACES):
+            face_of[layout.ids(face)] = k
+        self.register_buffer("face_of_sensor", face_of, persistent=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        masks: SensorMask,
+        tokens: torch.Tensor,
+        extra: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """x ``(B, 4760, 2)`` normalised, tokens ``(B, 6, D)`` -> predictions ``(B, 4760, 2)``."""
+        layout = self.layout
+        visible = masks.visible
+        inp = sensor_inputs(x, masks.time_valid & visible)  # (B, N, 3), zero where not visible
+        est = classical_estimates(x, masks, self.normalizer)  # (B, N, 4), at every sensor
+        everywhere = torch.ones_like(visible)
+        per_face = {}
+        for k, face in enumerate(geo.FACES):
+            more = [] if extra is None else [extra[face]]
+            if face in geo.HEX_FACES:
+                nodes, hidden = layout.to_nodes(inp, visible, face)
+                nodes = torch.cat([nodes, layout.to_nodes(est, everywhere, face)[0], *more], dim=-1)
+                per_face[face] = self.heads[face](nodes, hidden, tokens[:, k])
+            else:
+                img, hidden = layout.to_grid(inp, visible, face)
+                img = torch.cat([img, layout.to_grid(est, everywhere, face)[0], *more], dim=1)
+                per_face[face] = layout.from_grid(self.heads[face](img, hidden, tokens[:, k]), face)
+        correction = layout.scatter(per_face)
+        npho = est[..., 0] + self.blend[self.face_of_sensor] * (est[..., 1] - est[..., 0])
+        return torch.stack([npho, est[..., 2]], dim=-1) + correction  # classical start, corrected
