@@ -98,10 +98,7 @@ class Refiner(nn.Module):
         self.layout = layout
         self.normalizer = normalizer  # the data's: the estimates are made on raw counts
         self.heads = nn.ModuleDict(
-            {
-                f: (HexHead if f in geo.HEX_FACES else GridHead)(token_dim, width, extra)
-                for f in geo.FACES
-            }
+            {f: (HexHead if f in geo.HEX_FACES else GridHead)(token_dim, width, extra) for f in geo.FACES}
         )
         # per face, how far the starting point moves from the neighbour average towards the
         # solid-angle estimate (0 at first; the solid angle wins on some faces, loses on others)
