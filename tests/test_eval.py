@@ -90,6 +90,18 @@ def test_oracle_row_and_gap_closed_by_hand():
         assert table["oracle"][face]["rmse"] < min(table[m][face]["rmse"] for m in ("neighbour_average", "solid_angle"))
     nb, m, fl = (table[k]["all"]["rmse"] ** 2 for k in ("neighbour_average", "model", "oracle"))
     assert result["gap_closed"]["all"] == pytest.approx((nb - m) / (nb - fl))
+    # per-event MSE by a loop over the events: the same masks (one batch, the same generator) cut
+    # the flat residuals into each event's run
+    from xecbench.nn import SensorMask, random_hidden
+
+    b = data[0:16]
+    masks = SensorMask(b["valid"], b["time_valid"], random_hidden(b["valid"], 0.1, torch.Generator().manual_seed(1)))
+    counts = masks.scored.sum(1).tolist()
+    flat = result["residuals_normalised"]["model"]
+    assert len(flat) == sum(counts)
+    starts = np.cumsum([0, *counts])
+    ref = [float(np.mean(flat[starts[i] : starts[i + 1]] ** 2)) for i in range(16)]
+    assert result["event_mse_normalised"]["model"] == pytest.approx(ref, rel=1e-9)
     # data without the expected counts: no oracle row, no gap
     events = {k: v for k, v in simulate(8, seed=3).items() if k != "nphoExpected"}
     plain = compare_inpainting(model, EventDataset(events), mask_ratio=0.1, seed=1)

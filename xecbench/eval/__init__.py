@@ -4,6 +4,7 @@ from ..baselines import estimate_source, neighbour_average, solid_angle_estimate
 from .compare import compare_inpainting, format_table, gap_closed
 from .metrics import metrics_by_face, residual_stats
 from .reconstruct import reconstruct
+from .stats import PairedComparison, paired_verdict
 
 __all__ = [
     "compare_inpainting",
@@ -12,6 +13,8 @@ __all__ = [
     "estimate_source",
     "metrics_by_face",
     "neighbour_average",
+    "PairedComparison",
+    "paired_verdict",
     "reconstruct",
     "residual_stats",
     "solid_angle_estimate",

@@ -32,6 +32,8 @@ def compare_inpainting(
     Returns ``{units: {method: {face: stats}}}`` with units ``normalised`` / ``raw`` and methods
     ``model``, ``neighbour_average``, ``solid_angle`` (and ``oracle`` when the data carry
     ``nphoExpected``), ``residuals_normalised``: ``{method: (n,)}`` residuals at every scored sensor,
+    ``event_mse_normalised``: ``{method: (n_events,)}`` each event's mean squared residual over its
+    scored sensors (NaN where it has none; the unit of a paired test, :func:`.stats.paired_verdict`),
     and ``gap_closed``: ``{face: fraction}`` (empty without the floor). npho only."""
     g = torch.Generator().manual_seed(seed)
     norm = data.normalizer
@@ -59,9 +61,21 @@ def compare_inpainting(
     out_raw = {m: metrics_by_face(torch.cat(p), truth, scored) for m, p in preds.items()}
     truth_n = norm.npho(truth)
     out_norm = {m: metrics_by_face(norm.npho(torch.cat(p)), truth_n, scored) for m, p in preds.items()}
-    residuals = {m: (norm.npho(torch.cat(p)) - truth_n)[scored].numpy() for m, p in preds.items()}
+    err = {m: norm.npho(torch.cat(p)) - truth_n for m, p in preds.items()}
+    residuals = {m: e[scored].numpy() for m, e in err.items()}
+    n_scored = scored.sum(1)
+    event_mse = {
+        m: torch.where(n_scored > 0, (e.square() * scored).sum(1) / n_scored.clamp(min=1), torch.nan).numpy()
+        for m, e in err.items()
+    }
     gaps = gap_closed(out_norm) if floor else {}
-    return {"normalised": out_norm, "raw": out_raw, "residuals_normalised": residuals, "gap_closed": gaps}
+    return {
+        "normalised": out_norm,
+        "raw": out_raw,
+        "residuals_normalised": residuals,
+        "event_mse_normalised": event_mse,
+        "gap_closed": gaps,
+    }
 
 
 def gap_closed(table: dict[str, dict[str, dict[str, float]]], method: str = "model") -> dict[str, float]:
