@@ -137,14 +137,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     _positive("--events", args.events)
     if args.mask_ratio is not None:
         _fraction("--mask-ratio", args.mask_ratio)
-    from .data import EventDataset
+    from .data import EventDataset, load_events, simulate
     from .eval import compare_inpainting, format_table
     from .train import build_model, build_normalizer, build_sim_config, config_from_checkpoint, load_checkpoint
+    from .train.tasks import fiducial
 
     state = load_checkpoint(args.checkpoint)
     cfg = config_from_checkpoint(state)
-    if cfg.model.task != "inpaint":
-        raise UsageError(f"{args.checkpoint} holds a {cfg.model.task!r} model; evaluate needs an inpainter")
+    if cfg.model.task == "regress" and args.mask_ratio is not None:
+        raise UsageError(f"--mask-ratio: {args.checkpoint} holds a regressor, which hides nothing; remove it")
     has_ema = state.get("ema") is not None
     weights = args.weights or ("ema" if has_ema else "live")
     if weights == "ema" and not has_ema:
@@ -155,11 +156,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     which = f"EMA (decay {cfg.training.ema_decay})" if weights == "ema" else "live"
     print(f"using the {which} weights of {args.checkpoint} (epoch {state['epoch']}, step {state['step']})")
     if args.data:
-        data = EventDataset.from_file(args.data, norm)
+        events = load_events(args.data)
     else:
-        sim = build_sim_config(cfg.data)
-        data = EventDataset.from_simulation(args.events, seed=args.seed, config=sim, normalizer=norm)
-    ratio = args.mask_ratio if args.mask_ratio is not None else cfg.model.inpaint_mask_ratio
+        events = simulate(args.events, seed=args.seed, config=build_sim_config(cfg.data))
+    if cfg.model.task == "regress" and cfg.data.fiducial:  # evaluate where the model was trained
+        events = fiducial(events, args.data or "the simulated events")
+    data = EventDataset(events, norm)
+    if cfg.model.task == "regress":
+        _evaluate_regression(args, cfg, model, data)
+        return
+    default = cfg.model.inpaint_mask_ratio if cfg.model.task == "inpaint" else cfg.model.mask_ratio
+    ratio = args.mask_ratio if args.mask_ratio is not None else default
     result = compare_inpainting(model, data, mask_ratio=ratio, seed=args.seed)
     for units in ("raw", "normalised"):
         for stat in ("mae", "rmse", "bias", "width68"):
@@ -178,6 +185,33 @@ def _evaluate(args: argparse.Namespace) -> None:
         tables = {k: v for k, v in result.items() if k in ("raw", "normalised", "gap_closed")}
         with atomic_path(args.out) as tmp:
             tmp.write_text(json.dumps(_finite_or_none(tables), indent=1))  # NaN is not JSON: null
+        print(f"\nwrote {args.out}")
+
+
+def _evaluate_regression(args: argparse.Namespace, cfg, model, data) -> None:
+    """A regressor against the classical reconstruction, calibrated on (up to 2000 of) its training events."""
+    import json
+    from dataclasses import replace
+
+    from .eval import compare_regression, format_regression_table
+    from .train import build_datasets
+
+    calib_cfg = replace(cfg, data=replace(cfg.data, n_train=min(cfg.data.n_train, 2000)))
+    calibration, _ = build_datasets(calib_cfg)
+    result = compare_regression(model, data, calibration)
+    print(f"\n{len(data)} events; classical estimates calibrated on {len(calibration)} training events")
+    for stat in ("width68", "bias"):
+        print(f"\n{stat}")
+        print(format_regression_table(result["metrics"], stat))
+    for method, rows in result["energy_bins"].items():
+        cells = "  ".join(f"{r['lo']:.0f}-{r['hi']:.0f}: {r['width68']:.3g}" for r in rows)
+        print(f"\nenergy resolution (68 % width) in bins of true energy [MeV], {method}: {cells}")
+    if args.out:
+        from .data.io import atomic_path
+
+        tables = {"metrics": result["metrics"], "energy_bins": result["energy_bins"]}
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(_finite_or_none(tables), indent=1))
         print(f"\nwrote {args.out}")
 
 
@@ -285,12 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, help="a checkpoint to continue from")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", parents=[debug], help="an inpainting checkpoint against the baselines, per face")
+    e = sub.add_parser(
+        "evaluate",
+        parents=[debug],
+        help="a checkpoint against the classical baselines (inpainting/MAE per face, regression per target)",
+    )
     e.add_argument("checkpoint")
     e.add_argument("--data", default=None, help=".root/.npz events (default: simulate --events)")
     e.add_argument("--events", type=int, default=256, help="events to simulate (without --data)")
     e.add_argument("--seed", type=int, default=2024)
-    e.add_argument("--mask-ratio", type=float, default=None, help="default: the model's inpaint_mask_ratio")
+    e.add_argument(
+        "--mask-ratio", type=float, default=None, help="default: the model's (inpaint_)mask_ratio; not for a regressor"
+    )
     e.add_argument(
         "--weights", choices=("ema", "live"), default=None, help="default: ema when the checkpoint has one, else live"
     )

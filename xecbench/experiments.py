@@ -38,19 +38,26 @@ def run_variants(
     return out
 
 
-def check_training(trainer: Trainer) -> None:
-    """Sanity checks for a run whose exact numbers are not portable across CPUs (the notebook cells
-    that print them are not compared by nbval): every logged loss is finite, and the last epoch's
-    training loss is below the first logged one. Raises AssertionError naming the run's folder."""
+def training_problem(trainer: Trainer) -> str | None:
+    """What is wrong with a finished run, or None: a logged loss that is NaN/inf, or a last epoch's
+    training loss that is not below the first logged one (a run that diverged or never learned)."""
     steps = [r["loss"] for r in trainer.history if r["kind"] == "step"]
     epochs = [r for r in trainer.history if r["kind"] == "epoch"]
     losses = steps + [v for r in epochs for k, v in r.items() if "loss" in k]
     if not all(math.isfinite(v) for v in losses):
-        raise AssertionError(f"{trainer.run_dir}: a logged loss is NaN/inf")
+        return f"{trainer.run_dir}: a logged loss is NaN/inf"
     first = steps[0] if steps else epochs[0]["train_loss"]
     if len(steps) + len(epochs) > 1 and not epochs[-1]["train_loss"] < first:
-        last = epochs[-1]["train_loss"]
-        raise AssertionError(f"{trainer.run_dir}: training loss did not fall ({first:.4g} -> {last:.4g})")
+        return f"{trainer.run_dir}: training loss did not fall ({first:.4g} -> {epochs[-1]['train_loss']:.4g})"
+    return None
+
+
+def check_training(trainer: Trainer) -> None:
+    """Sanity checks for a run whose exact numbers are not portable across CPUs (the notebook cells
+    that print them are not compared by nbval): raises AssertionError with :func:`training_problem`."""
+    problem = training_problem(trainer)
+    if problem is not None:
+        raise AssertionError(problem)
 
 
 def final_metrics(trainer: Trainer) -> dict[str, float]:

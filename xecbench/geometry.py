@@ -314,6 +314,21 @@ def xyz_to_uvw(xyz: np.ndarray) -> np.ndarray:
     return np.stack([xyz[..., 2], v, r - INNER_R], axis=-1)
 
 
+def uvw_to_xyz(uvw: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`xyz_to_uvw`: ``(..., 3)`` local coordinates -> cartesian (cm)."""
+    phi = np.pi + uvw[..., 1] / INNER_R
+    r = INNER_R + uvw[..., 2]
+    return np.stack([r * np.cos(phi), r * np.sin(phi), uvw[..., 0]], axis=-1)
+
+
+FIDUCIAL_U, FIDUCIAL_V = 23.9, 67.9  # cm: the seed system's fiducial volume, |u| < 23.9, |v| < 67.9, w >= 0
+
+
+def in_fiducial(uvw: np.ndarray) -> np.ndarray:
+    """Whether first interactions ``(..., 3)`` in uvw lie in the fiducial volume."""
+    return (np.abs(uvw[..., 0]) < FIDUCIAL_U) & (np.abs(uvw[..., 1]) < FIDUCIAL_V) & (uvw[..., 2] >= 0)
+
+
 @cache
 def _neighbours(radius: float, max_k: int) -> np.ndarray:
     pos = sensor_positions()

@@ -1,12 +1,21 @@
 """Evaluation: classical inpainting baselines and residual metrics."""
 
 from ..baselines import estimate_source, neighbour_average, solid_angle_estimate, solid_angles
+from ..reco import ClassicalReco
 from .compare import compare_inpainting, format_table, gap_closed
 from .metrics import metrics_by_face, residual_stats
 from .reconstruct import reconstruct
+from .regress import compare_regression, predict_targets
+from .resolution import energy_in_bins, format_regression_table, regression_metrics
 from .stats import PairedComparison, paired_verdict
 
 __all__ = [
+    "ClassicalReco",
+    "compare_regression",
+    "energy_in_bins",
+    "format_regression_table",
+    "predict_targets",
+    "regression_metrics",
     "compare_inpainting",
     "format_table",
     "gap_closed",

@@ -37,7 +37,7 @@ def _range(
 
 @dataclass
 class ModelConfig:
-    task: str = _choices("mae", "inpaint", default="mae")
+    task: str = _choices("mae", "inpaint", "regress", default="mae")
     preset: str = _choices("tiny", "base", default="tiny")
     posenc: str = _choices("learnable", "sinusoidal", "geometric", "none", "rope", "alibi", default="learnable")
     hex_op: str = _choices("conv", "attention", default="conv")
@@ -54,7 +54,12 @@ class ModelConfig:
     inpaint_pmt_mask_ratio: float | None = _range(None, 0.0, 1.0, lo_open=True, hi_open=True)
     freeze_encoder: bool = True
     head_width: int = _range(32, 1)  # full-resolution refiner heads (MAE decoder and inpainter)
-    init_from: str | None = None  # an MAE checkpoint whose encoder the inpainter starts from
+    init_from: str | None = None  # an MAE checkpoint whose encoder the inpainter or regressor starts from
+    # regression only: targets by name (energy, uvw, direction, time), the loss and per-target weights
+    targets: tuple[str, ...] = ("energy", "uvw")
+    regress_loss: str = _choices("smooth_l1", "l1", "mse", "gaussian_nll", default="smooth_l1")
+    target_weights: tuple[float, ...] | None = None  # one per target; default all 1
+    regress_hidden: int = _range(128, 1)  # hidden width of each target's MLP head
 
 
 @dataclass
@@ -66,6 +71,7 @@ class DataConfig:
     seed: int = _range(0, 0)
     spectrum: str = _choices("mono", "flat", default="mono")
     random_dead_fraction: float = _range(0.0, 0.0, 1.0, hi_open=True)
+    fiducial: bool = False  # keep events whose first interaction is in |u| < 23.9, |v| < 67.9, w >= 0 cm
     npho_scheme: str = _choices("log1p", "sqrt", "anscombe", "linear", default="log1p")
     npho_scale: float = _range(100.0, 0.0, lo_open=True)
     npho_scale2: float = _range(2.5, 0.0, lo_open=True)
@@ -238,14 +244,26 @@ def validate(cfg: Config, strict: bool = True) -> None:
                 f"model.token_dim must be a multiple of {heads} (the fusion heads of preset {m.preset!r}), "
                 f"got {m.token_dim}"
             )
-    if m.init_from is not None and m.task != "inpaint":
-        raise ConfigError(f"model.init_from is only used with model.task=inpaint, got task {m.task!r}; remove it")
-    if strict and m.task == "inpaint" and m.freeze_encoder and not m.init_from:
+    if m.init_from is not None and m.task == "mae":
+        raise ConfigError("model.init_from is only used with model.task=inpaint or regress, got task 'mae'; remove it")
+    if strict and m.task != "mae" and m.freeze_encoder and not m.init_from:
         raise ConfigError(
-            "model.task=inpaint with model.freeze_encoder=true needs model.init_from (an MAE checkpoint): "
+            f"model.task={m.task} with model.freeze_encoder=true needs model.init_from (an MAE checkpoint): "
             "otherwise the heads train on a random frozen encoder; set e.g. "
             "model.init_from=runs/mae_tiny/checkpoint.pt, or model.freeze_encoder=false"
         )
+    if m.task == "regress":
+        from ..nn.regress import TARGETS
+
+        if not m.targets or len(set(m.targets)) != len(m.targets) or not set(m.targets) <= set(TARGETS):
+            raise ConfigError(f"model.targets must be distinct names from {list(TARGETS)}, got {list(m.targets)}")
+        if m.target_weights is not None and (
+            len(m.target_weights) != len(m.targets) or any(w < 0 for w in m.target_weights)
+        ):
+            raise ConfigError(
+                f"model.target_weights must give one weight >= 0 per target {list(m.targets)}, "
+                f"got {list(m.target_weights)}"
+            )
     _check_source("data.source", d.source, strict, simulate_ok=True)
     if d.val_source is not None:
         if d.source == "simulate":
@@ -269,7 +287,7 @@ def validate(cfg: Config, strict: bool = True) -> None:
         raise ConfigError("training.run_dir must not be empty")
     if Path(t.run_dir).exists() and not Path(t.run_dir).is_dir():
         raise ConfigError(f"training.run_dir={t.run_dir} is a file, not a folder")
-    if strict and m.task == "inpaint" and m.init_from and not Path(m.init_from).is_file():
+    if strict and m.task != "mae" and m.init_from and not Path(m.init_from).is_file():
         raise ConfigError(
             f"model.init_from={m.init_from} not found: train the MAE first (e.g. xecbench train configs/mae_tiny.yaml)"
         )

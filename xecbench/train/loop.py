@@ -294,6 +294,11 @@ class Trainer:
         out = {f"val_{k}": v for k, v in self.evaluate(self.model, self.val_data).items()}
         if self.ema is not None:
             out.update({f"val_ema_{k}": v for k, v in self.evaluate(self.ema.module, self.val_data).items()})
+        summary = getattr(self.task, "summary", None)  # task metrics over the whole set (e.g. resolutions)
+        if summary is not None:
+            out.update({f"val_{k}": v for k, v in summary(self.model, self.val_data).items()})
+            if self.ema is not None:
+                out.update({f"val_ema_{k}": v for k, v in summary(self.ema.module, self.val_data).items()})
         self._optimizer_mode(True)
         return out
 

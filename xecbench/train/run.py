@@ -16,6 +16,8 @@ def make_trainer(cfg: Config, callbacks: list[Callback] | None = None) -> Traine
     train, val = build_datasets(cfg)
     seed_everything(cfg.training.seed)  # the initial weights depend on the seed, nothing else
     model = build_model(cfg.model, build_normalizer(cfg.data))
+    if cfg.model.task == "regress":  # classical start and standardisation from the training set (saved)
+        model.calibrate(train)
     return Trainer(model, build_task(cfg.model), train, val, cfg.training, callbacks or [], cfg, dist)
 
 

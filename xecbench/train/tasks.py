@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import EventDataset, Normalizer, SimConfig, load_events, simulate
-from ..geometry import FACES, N_CHANNELS
+from ..geometry import FACES, N_CHANNELS, in_fiducial
 from ..nn import XECMAE, MAEConfig, SensorMask, XECInpainter, encoder_config, random_hidden_by_face
+from ..nn.regress import XECRegressor, truth_of
 from .checkpoint import config_from_checkpoint, inference_weights, load_checkpoint, model_mismatch
 from .config import Config, ConfigError, DataConfig, ModelConfig
 
@@ -42,6 +44,34 @@ def inpaint_task(mask_ratio: float, pmt_mask_ratio: float | None = None) -> Task
         return out.loss, out.loss_per_face
 
     return task
+
+
+class RegressTask:
+    """Regression: the encoder sees every valid sensor (nothing hidden); the loss is the weighted sum
+    of the targets' losses. :meth:`summary` adds the resolutions to the Trainer's validation."""
+
+    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        reg = getattr(model, "module", model)
+        masks = SensorMask(batch["valid"], batch["time_valid"], torch.zeros_like(batch["valid"]))
+        out = model(batch["x"], masks, {t: truth_of(batch, t) for t in reg.targets})
+        return out.loss, out.loss_per_target
+
+    @torch.no_grad()
+    def summary(self, model: nn.Module, data: Dataset) -> dict[str, float]:
+        """The headline resolutions on ``data`` (68 % widths; see :mod:`xecbench.eval.resolution`)."""
+        from ..eval.regress import predict_targets
+        from ..eval.resolution import regression_metrics
+
+        reg = getattr(model, "module", model)
+        pred, truth = predict_targets(reg, data)
+        rows = regression_metrics(pred, truth)
+        keys = {
+            "energy rel.": "energy_res68",
+            "uvw 3D [cm]": "uvw_dist68_cm",
+            "angle [deg]": "angle68_deg",
+            "time [ps]": "time_res68_ps",
+        }
+        return {name: rows[row]["width68"] for row, name in keys.items() if row in rows}
 
 
 def build_model(mcfg: ModelConfig, normalizer: Normalizer | None = None) -> nn.Module:
@@ -77,6 +107,16 @@ def build_model(mcfg: ModelConfig, normalizer: Normalizer | None = None) -> nn.M
                 f"data section gives {normalizer}: set the data.npho_* and data.time_* keys as in that run"
             )
         mae.load_state_dict(weights)
+    if mcfg.task == "regress":
+        return XECRegressor(
+            mae.encoder,
+            targets=mcfg.targets,
+            loss=mcfg.regress_loss,
+            weights=mcfg.target_weights,
+            freeze_encoder=mcfg.freeze_encoder,
+            hidden=mcfg.regress_hidden,
+            normalizer=normalizer,
+        )
     return XECInpainter(
         mae.encoder,
         head_width=mcfg.head_width,
@@ -88,6 +128,8 @@ def build_model(mcfg: ModelConfig, normalizer: Normalizer | None = None) -> nn.M
 
 
 def build_task(mcfg: ModelConfig) -> Task:
+    if mcfg.task == "regress":
+        return RegressTask()
     return mae_task if mcfg.task == "mae" else inpaint_task(mcfg.inpaint_mask_ratio, mcfg.inpaint_pmt_mask_ratio)
 
 
@@ -108,17 +150,42 @@ def build_datasets(cfg: Config) -> tuple[Dataset, Dataset]:
     train, val = _datasets(cfg)
     if not bool(train.tensors["valid"].any()):
         raise ConfigError(f"data.source {cfg.data.source}: no event has a valid sensor (every npho is invalid)")
+    if cfg.model.task == "regress":
+        from ..nn.regress import TARGETS
+
+        for name, ds in (("data.source", train), ("validation data", val)):
+            if len(ds) == 0:
+                raise ConfigError(f"{name}: no events left after data.fiducial")
+            missing = [TARGETS[t][1] for t in cfg.model.targets if TARGETS[t][1] not in ds.tensors]
+            if missing:
+                raise ConfigError(
+                    f"{name} ({cfg.data.source}) lacks the truth branch {missing[0]} that model.targets "
+                    f"{list(cfg.model.targets)} needs"
+                )
     return train, val
 
 
+def fiducial(events: dict[str, np.ndarray], source: str = "data") -> dict[str, np.ndarray]:
+    """The events whose first interaction (``uvwTruth``) lies in the fiducial volume."""
+    if "uvwTruth" not in events:
+        raise ConfigError(f"data.fiducial needs the truth branch uvwTruth, which {source} does not have")
+    keep = in_fiducial(events["uvwTruth"])
+    return {k: v[keep] for k, v in events.items()}
+
+
 def _datasets(cfg: Config) -> tuple[EventDataset, EventDataset]:
+    train, val = _event_dicts(cfg)
+    if cfg.data.fiducial:
+        train, val = fiducial(train, cfg.data.source), fiducial(val, cfg.data.val_source or cfg.data.source)
+    norm = build_normalizer(cfg.data)
+    return EventDataset(train, norm), EventDataset(val, norm)
+
+
+def _event_dicts(cfg: Config) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     d = cfg.data
-    norm = build_normalizer(d)
     if d.source == "simulate":
         sim = build_sim_config(d)
-        train = simulate(d.n_train, seed=d.seed, config=sim)
-        val = simulate(d.n_val, seed=d.seed + 1_000_003, config=sim)
-        return EventDataset(train, norm), EventDataset(val, norm)
+        return simulate(d.n_train, seed=d.seed, config=sim), simulate(d.n_val, seed=d.seed + 1_000_003, config=sim)
     events = load_events(d.source)
     if d.val_source:
         val = load_events(d.val_source)
@@ -129,5 +196,4 @@ def _datasets(cfg: Config) -> tuple[EventDataset, EventDataset]:
         n_val = min(d.n_val, n // 2)
         val = {k: v[n - n_val :] for k, v in events.items()}
         events = {k: v[: n - n_val] for k, v in events.items()}
-    train = {k: v[: d.n_train] for k, v in events.items()}
-    return EventDataset(train, norm), EventDataset(val, norm)
+    return {k: v[: d.n_train] for k, v in events.items()}, val
