@@ -107,6 +107,33 @@ ROWS = [
         2,
     ),
     (TRAIN + " --set data.source={d}/one.npz", "has 1 events; need at least 2", 2),
+    # ---- regression
+    (TRAIN + " --set model.task=regress", "model.task=regress with model.freeze_encoder=true needs model.init_from", 2),
+    (
+        TRAIN + " --set model.task=regress --set model.freeze_encoder=false --set model.targets=[mass]",
+        "model.targets must be distinct names from ['energy', 'uvw', 'direction', 'time'], got ['mass']",
+        2,
+    ),
+    (
+        TRAIN + " --set model.task=regress --set model.freeze_encoder=false --set model.target_weights=[1]",
+        "model.target_weights must give one weight >= 0 per target ['energy', 'uvw'], got [1.0]",
+        2,
+    ),
+    (
+        TRAIN + " --set model.task=regress --set model.freeze_encoder=false --set model.regress_loss=huber",
+        "model.regress_loss must be one of ['smooth_l1', 'l1', 'mse', 'gaussian_nll'], got 'huber'",
+        2,
+    ),
+    (
+        TRAIN + " --set model.task=regress --set model.freeze_encoder=false --set data.source={d}/notruth.npz",
+        "lacks the truth branch energyTruth that model.targets ['energy', 'uvw'] needs",
+        2,
+    ),
+    (
+        TRAIN + " --set data.fiducial=true --set data.source={d}/notruth.npz",
+        "data.fiducial needs the truth branch uvwTruth, which {d}/notruth.npz does not have",
+        2,
+    ),
     (TRAIN + " --set data.source={d}/dead.npz", "no event has a valid sensor", 2),
     (TRAIN + " --set training.run_dir={d}/ok.yaml", "training.run_dir={d}/ok.yaml is a file", 2),
     (TRAIN + " --set training.device=mps", "has no MPS", 2),
@@ -181,7 +208,7 @@ ROWS = [
     ("evaluate " + CKPT + " --mask-ratio nan", "--mask-ratio must be in (0, 1), got nan", 2),
     ("evaluate " + CKPT + " --weights ema", "--weights ema: {d}/inpaint.pt has no EMA weights", 2),
     ("evaluate " + CKPT + " --weights best", "argument --weights: invalid choice: 'best'", 2),
-    ("evaluate {d}/run/checkpoint.pt", "holds a 'mae' model; evaluate needs an inpainter", 2),
+    ("evaluate {d}/regress.pt --mask-ratio 0.5", "holds a regressor, which hides nothing; remove it", 2),
     ("evaluate {d}/missing.pt", "checkpoint {d}/missing.pt not found", 2),
     ("evaluate {d}/events.csv", "events.csv cannot be read as a checkpoint", 2),
     ("evaluate " + CKPT + " --events 2 --data {d}/events.csv", "unknown data format '.csv'", 2),
@@ -220,6 +247,7 @@ def files(tmp_path_factory):
     events = simulate(3, seed=1)
     save_npz(d / "events.npz", events)
     save_npz(d / "one.npz", simulate(1, seed=1))
+    save_npz(d / "notruth.npz", {k: v for k, v in simulate(20, seed=1).items() if k in ("npho", "relative_time")})
     dead = simulate(4, seed=1)
     dead["npho"][:] = 1e10
     save_npz(d / "dead.npz", dead)
@@ -232,6 +260,9 @@ def files(tmp_path_factory):
     model = build_model(cfg.model)
     state = {"model": model.state_dict(), "ema": None, "epoch": 1, "step": 1, "config": cfg.to_dict()}
     torch.save(state, d / "inpaint.pt")
+    cfg = load_config(None, ["model.task=regress", "model.freeze_encoder=false"])
+    state = {"model": build_model(cfg.model).state_dict(), "ema": None, "epoch": 1, "step": 1, "config": cfg.to_dict()}
+    torch.save(state, d / "regress.pt")
     main(shlex.split(TRAIN.format(d=d) + f" --set training.run_dir={d}/run"))
     return d
 
@@ -389,19 +420,19 @@ def test_evaluate_uses_the_checkpoints_data_settings_and_says_which_weights(tmp_
     torch.save(state, tmp_path / "c.pt")
     seen = {}
     real_compare = xecbench.eval.compare_inpainting
-    real_sim = xecbench.data.EventDataset.from_simulation.__func__
+    real_sim = xecbench.data.simulate
 
     def compare(model, data, **kwargs):
         seen["normalizer"] = data.normalizer
         seen["weight"] = next(iter(model.state_dict().values())).clone()
         return real_compare(model, data, **kwargs)
 
-    def from_simulation(cls, n, seed=0, config=None, **kwargs):
+    def simulate(n, seed=0, config=None, **kwargs):
         seen["sim"] = config
-        return real_sim(cls, n, seed=seed, config=config, **kwargs)
+        return real_sim(n, seed=seed, config=config, **kwargs)
 
     monkeypatch.setattr(xecbench.eval, "compare_inpainting", compare)
-    monkeypatch.setattr(xecbench.data.EventDataset, "from_simulation", classmethod(from_simulation))
+    monkeypatch.setattr(xecbench.data, "simulate", simulate)
     main(["evaluate", str(tmp_path / "c.pt"), "--events", "4", "--out", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"using the EMA (decay 0.999) weights of {tmp_path / 'c.pt'} (epoch 2, step 5)"

@@ -164,3 +164,37 @@ def test_bad_targets_are_named():
         XECRegressor(XECMAE().encoder, targets=("mass",))
     with pytest.raises(ValueError, match="2 target weights for 1 targets"):
         XECRegressor(XECMAE().encoder, targets=("energy",), weights=(1.0, 2.0))
+
+
+def test_train_and_evaluate_a_regressor_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from xecbench.cli import main
+    from xecbench.experiments import CONFIGS
+
+    run = tmp_path / "reg"
+    sets = [
+        "data.n_train=48",
+        "data.n_val=16",
+        "training.epochs=1",
+        "training.batch_size=16",
+        "data.fiducial=true",
+        f"training.run_dir={run}",
+        "training.progress=false",
+    ]
+    main(["train", str(CONFIGS / "regress_tiny.yaml"), *[w for s in sets for w in ("--set", s)]])
+    last = [r for r in json.loads((run / "metrics.json").read_text()) if r["kind"] == "epoch"][-1]
+    for key in ("val_energy_res68", "val_uvw_dist68_cm", "val_angle68_deg", "val_time_res68_ps", "val_loss_uvw"):
+        assert math.isfinite(last[key]), key
+    capsys.readouterr()
+    main(["evaluate", str(run / "checkpoint.pt"), "--events", "64", "--out", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert "model   classical" in out and "uvw 3D [cm]" in out and "energy resolution (68 % width) in bins" in out
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert set(result["metrics"]) == {"model", "classical"}
+    # data.fiducial: only events inside the fiducial volume were evaluated
+    n = result["metrics"]["model"]["u [cm]"]["n"]
+    from xecbench.data import simulate
+
+    uvw = simulate(64, seed=2024, config=SimConfig(spectrum="flat"))["uvwTruth"]
+    assert n == int(geo.in_fiducial(uvw).sum()) < 64
