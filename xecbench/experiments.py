@@ -149,3 +149,88 @@ def time_training_step(
         best_s = min(best_s, time.perf_counter() - t)
     model.load_state_dict(saved)
     return best_s, loss
+
+
+# ---------------------------------------------------------------------------- label efficiency
+HEADLINE = {
+    "uvw 3D [cm]": "position 68 % [cm]",
+    "energy rel.": "energy resolution",
+    "angle [deg]": "angle 68 % [deg]",
+    "time [ps]": "time 68 % [ps]",
+}
+
+
+def label_efficiency(
+    modes: dict[str, list[str]],
+    n_labelled: list[int],
+    seeds: list[int],
+    held_out: Any,
+    common: list[str] | None = None,
+    steps: int = 48,
+    run_root: str | Path = "runs/label_efficiency",
+    config: str | Path = CONFIGS / "regress_tiny.yaml",
+) -> tuple[list[dict[str, Any]], dict[tuple[str, int, int], torch.nn.Module]]:
+    """Train a regressor for every mode (``key=value`` overrides, e.g. from scratch or from an MAE,
+    frozen or fine-tuned) x number of labelled events x seed, each for the same number of optimiser
+    ``steps`` (so a small labelled set is seen for more epochs), and score its EMA weights on the
+    same ``held_out`` events. Seed ``s`` draws the labelled events (``data.seed``) and the training
+    randomness (``training.seed``), the same for every mode: runs with one seed are paired.
+
+    Returns one row per run (``mode``, ``n_labelled``, ``seed``, ``seconds`` and the 68 % widths of
+    :data:`HEADLINE`, keyed by their labels) and the trained models (EMA weights, on the CPU) by
+    ``(mode, n_labelled, seed)``."""
+    import time
+
+    from .eval.regress import predict_targets
+    from .eval.resolution import regression_metrics
+
+    rows, models = [], {}
+    for mode, overrides in modes.items():
+        for n in n_labelled:
+            for seed in seeds:
+                cfg = load_config(config, [*(common or []), *overrides])
+                epochs = max(1, math.ceil(steps * cfg.training.batch_size / n))
+                cfg = load_config(
+                    config,
+                    [
+                        *(common or []),
+                        *overrides,
+                        f"data.n_train={n}",
+                        f"data.seed={seed}",
+                        f"training.seed={seed}",
+                        f"training.epochs={epochs}",
+                        f"training.run_dir={Path(run_root) / f'{mode}_{n}_{seed}'}",
+                    ],
+                )
+                start = time.perf_counter()
+                trainer = run_training(cfg)
+                model = (trainer.ema.module if trainer.ema is not None else trainer.model).cpu()
+                metrics = regression_metrics(*predict_targets(model, held_out))
+                row = {"mode": mode, "n_labelled": n, "seed": seed, "seconds": time.perf_counter() - start}
+                row |= {label: metrics[key]["width68"] for key, label in HEADLINE.items() if key in metrics}
+                rows.append(row)
+                models[(mode, n, seed)] = model
+    return rows, models
+
+
+def mean_and_error(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[int, tuple[float, float, int]]]:
+    """``{mode: {n_labelled: (mean, standard error, seeds)}}`` of ``metric`` over the seeds (the error is
+    NaN with one seed)."""
+    out: dict[str, dict[int, tuple[float, float, int]]] = {}
+    for r in rows:
+        out.setdefault(r["mode"], {}).setdefault(r["n_labelled"], []).append(r[metric])
+    return {
+        m: {
+            n: (float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan, len(v))
+            for n, v in by_n.items()
+        }
+        for m, by_n in out.items()
+    }
+
+
+def seed_paired(rows: list[dict[str, Any]], metric: str, a: str, b: str, n_labelled: int) -> tuple[list, list]:
+    """The ``metric`` of modes ``a`` and ``b`` at ``n_labelled``, paired by seed (for
+    :func:`xecbench.eval.paired_verdict`)."""
+    pick = {(r["mode"], r["seed"]): r[metric] for r in rows if r["n_labelled"] == n_labelled}
+    seeds = sorted({s for m, s in pick if m == a} & {s for m, s in pick if m == b})
+    return [pick[(a, s)] for s in seeds], [pick[(b, s)] for s in seeds]

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .. import geometry as geo
+from ..eval.metrics import residual_stats
 
 
 def _rows(history: list[dict], kind: str) -> list[dict]:
@@ -84,5 +85,33 @@ def plot_residuals(
     for name, r in residuals.items():
         ax.hist(np.asarray(r), bins=bins, histtype="step", label=name, density=True)
     ax.set(xlabel=xlabel, ylabel="density", yscale="log")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_label_efficiency(summary: dict[str, dict[int, tuple[float, float, int]]], ylabel: str) -> Figure:
+    """One line per mode: the metric's mean against the number of labelled events (log x), with
+    standard-error bars (from :func:`xecbench.experiments.mean_and_error`)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
+    for k, (mode, by_n) in enumerate(summary.items()):
+        n = np.array(sorted(by_n), dtype=float)
+        mean = np.array([by_n[int(v)][0] for v in n])
+        err = np.nan_to_num(np.array([by_n[int(v)][1] for v in n]))
+        ax.errorbar(n * (1 + 0.04 * (k - 1)), mean, yerr=err, marker="o", capsize=3, label=mode)  # offset to separate
+    ax.set(xscale="log", xlabel="labelled training events", ylabel=ylabel)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_resolution_vs(
+    x: np.ndarray, residuals: dict[str, np.ndarray], edges: Sequence[float], xlabel: str, ylabel: str
+) -> Figure:
+    """68 % width of each method's residuals in bins of ``x`` (e.g. true energy, true depth)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), layout="constrained")
+    centres = 0.5 * (np.asarray(edges[:-1]) + np.asarray(edges[1:]))
+    for name, r in residuals.items():
+        widths = [residual_stats(r[(x >= lo) & (x < hi)])["width68"] for lo, hi in zip(edges[:-1], edges[1:])]
+        ax.plot(centres, widths, "o-", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend(fontsize=8)
     return fig
