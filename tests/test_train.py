@@ -543,3 +543,20 @@ def test_masks_do_not_depend_on_the_number_of_workers(tmp_path):
         return seen
 
     assert draws(0) == draws(2)
+
+
+@pytest.mark.parametrize("task", ["inpaint", "regress"])
+def test_init_from_an_mae_with_another_head_width(task, tmp_path):
+    """The downstream model takes the MAE's encoder whatever the MAE's decoder width: the MAE is
+    rebuilt as its checkpoint's config says, its weights load, and the encoder is the MAE's."""
+    from xecbench.train import build_model
+
+    mae_cfg = load_config(None, ["model.head_width=8"])
+    torch.manual_seed(3)
+    mae = build_model(mae_cfg.model)
+    state = {"model": mae.state_dict(), "ema": None, "epoch": 1, "step": 1, "config": mae_cfg.to_dict()}
+    torch.save(state, tmp_path / "mae.pt")
+    cfg = load_config(None, [f"model.task={task}", f"model.init_from={tmp_path / 'mae.pt'}", "model.head_width=24"])
+    model = build_model(cfg.model)
+    for name, value in mae.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[name], value), name

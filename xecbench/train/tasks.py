@@ -81,22 +81,20 @@ def build_model(mcfg: ModelConfig, normalizer: Normalizer | None = None) -> nn.M
     if mcfg.token_dim is not None:
         overrides["token_dim"] = mcfg.token_dim
     enc = encoder_config(mcfg.preset, **overrides)
-    mae = XECMAE(
-        MAEConfig(
-            encoder=enc,
-            mask_ratio=mcfg.mask_ratio,
-            loss=mcfg.loss,
-            channel_weights=mcfg.channel_weights,
-            mask_unit=mcfg.mask_unit,
-            head_width=mcfg.head_width,
-        ),
-        normalizer,
-    )
-    if mcfg.task == "mae":
-        return mae
-    if mcfg.init_from:
+
+    def mae_with(head_width: int) -> XECMAE:
+        cfg = MAEConfig(enc, mcfg.mask_ratio, mcfg.loss, mcfg.channel_weights, mcfg.mask_unit, head_width=head_width)
+        return XECMAE(cfg, normalizer)
+
+    if mcfg.task == "mae" or not mcfg.init_from:
+        mae = mae_with(mcfg.head_width)
+        if mcfg.task == "mae":
+            return mae
+    else:
         state = load_checkpoint(mcfg.init_from)
         weights = inference_weights(state)
+        # only the encoder is used: the MAE's decoder is built as the checkpoint's own config says
+        mae = mae_with(config_from_checkpoint(state).model.head_width)
         problem = model_mismatch(weights, mae.state_dict())
         if problem:
             raise ConfigError(f"model.init_from={mcfg.init_from} is not a checkpoint of this MAE: {problem}")
