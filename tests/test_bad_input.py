@@ -92,6 +92,8 @@ ROWS = [
     (TRAIN + " --set model.head_width=0", "model.head_width must be in [1, inf], got 0", 2),
     (TRAIN + " --set model.freeze_encoder=2", "model.freeze_encoder must be of type bool, got 2", 2),
     (TRAIN + " --set training.grad_accum_steps=0", "training.grad_accum_steps must be in [1, inf]", 2),
+    (TRAIN + " --set training.layer_decay=0", "training.layer_decay must be in (0.0, 1.0], got 0.0", 2),
+    (TRAIN + " --set training.layer_decay=1.5", "training.layer_decay must be in (0.0, 1.0], got 1.5", 2),
     # ---- keys that depend on each other
     (TRAIN + " --set model.task=inpaint", "the heads train on a random frozen encoder", 2),
     (TRAIN + " --set model.task=inpaint", "model.init_from=runs/mae_tiny/checkpoint.pt", 2),

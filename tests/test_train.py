@@ -560,3 +560,56 @@ def test_init_from_an_mae_with_another_head_width(task, tmp_path):
     model = build_model(cfg.model)
     for name, value in mae.encoder.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[name], value), name
+
+
+# ---------------------------------------------------------------------- layer-wise learning-rate decay
+
+
+def _lr_of(optimizer, model):
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return {by_id[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+def test_layer_decay_scales_the_encoder_by_depth(scheduler):
+    from xecbench.nn import XECMAE
+    from xecbench.nn.regress import XECRegressor
+    from xecbench.train.optim import build_optimizer, build_scheduler
+
+    model = XECRegressor(XECMAE().encoder, targets=("energy",))
+    cfg = TrainingConfig(lr=1e-3, layer_decay=0.5, scheduler=scheduler, epochs=2, warmup_epochs=0.0)
+    opt = build_optimizer(model, cfg, steps_per_epoch=4)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=4)
+    # tiny preset: 2 stages, 2 fusion layers -> levels stem 0, stages 1-2, face token 3, fusion 4-5, norm 5; L = 6
+    want = {
+        "encoder.faces.inner.stem.weight": 0.5**6,
+        "encoder.faces.inner.stages.0.0.dwconv.weight": 0.5**5,
+        "encoder.faces.inner.downs.1.conv.weight": 0.5**4,
+        "encoder.faces.top.blocks.0.spatial.weight": 0.5**5,
+        "encoder.faces.outer.head.weight": 0.5**3,
+        "encoder.fusion.posenc.table": 0.5**3,
+        "encoder.fusion.layers.0.attn.qkv.weight": 0.5**2,
+        "encoder.fusion.layers.1.attn.qkv.weight": 0.5**1,
+        "encoder.fusion.norm.weight": 0.5**1,
+        "heads.energy.0.weight": 1.0,
+    }
+    names = dict(model.named_parameters())
+    for step in range(3):
+        lr = _lr_of(opt, model)
+        base = lr["heads.energy.0.weight"]
+        for name, scale in want.items():
+            assert name in names, name
+            assert lr[name] == pytest.approx(base * scale, rel=1e-9), (step, name)
+        assert opt.param_groups[0]["lr"] == base  # the logged rate is the heads' (the base) rate
+        opt.step()
+        sched.step()
+
+
+def test_without_layer_decay_there_are_two_groups():
+    from xecbench.nn import XECMAE
+    from xecbench.train.optim import build_optimizer
+
+    model = XECMAE()
+    opt = build_optimizer(model, TrainingConfig(lr=2e-3), steps_per_epoch=4)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert {g["lr"] for g in opt.param_groups} == {2e-3}

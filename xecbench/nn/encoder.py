@@ -171,6 +171,30 @@ class XECEncoder(nn.Module):
             self.faces[face] = HexFaceEncoder(cfg)
         self.fusion = Fusion(cfg.token_dim, cfg.fusion_layers, cfg.fusion_heads, cfg.posenc)
 
+    @property
+    def n_layers(self) -> int:
+        """Depth levels of :meth:`layer_of`: stems 0, stages 1..S, face heads and positional
+        encoding S + 1, fusion layers after; whatever sits on top of the encoder is level ``n_layers``."""
+        return max(len(self.cfg.dims), self.cfg.hex_depth) + 2 + self.cfg.fusion_layers
+
+    def layer_of(self, name: str) -> int:
+        """The depth level of parameter ``name`` (relative to the encoder), for layer-wise learning-rate
+        decay: a stem is level 0, grid stage i (with its downsampling) and hex block i are level i + 1."""
+        parts = name.split(".")
+        top = max(len(self.cfg.dims), self.cfg.hex_depth)
+        if parts[0] == "faces":
+            kind = parts[2]
+            if kind in ("stem", "stem_norm"):
+                return 0
+            if kind in ("downs", "stages", "blocks"):
+                return int(parts[3]) + 1
+            return top + 1  # head_norm, head: the face token
+        if parts[0] == "fusion":
+            if parts[1] == "layers":
+                return top + 2 + int(parts[2])
+            return top + 1 + (self.cfg.fusion_layers if parts[1] == "norm" else 0)
+        raise ValueError(f"XECEncoder.layer_of: no layer for parameter {name!r}")
+
     def forward(self, x: torch.Tensor, masks: SensorMask) -> dict:
         """x ``(B, 4760, 2)`` normalised; the encoder sees ``masks.visible`` only."""
         if x.dim() != 3 or x.shape[1:] != (geo.N_CHANNELS, 2):

@@ -88,6 +88,8 @@ class TrainingConfig:
     lr: float = _range(1e-3, 0.0, lo_open=True)
     optimizer: str = _choices("adamw", "schedulefree_adamw", "dadapt_adam", default="adamw")
     weight_decay: float = _range(0.05, 0.0)
+    # layer-wise learning-rate decay when fine-tuning an encoder: level k of L gets lr * layer_decay ** (L - k)
+    layer_decay: float | None = _range(None, 0.0, 1.0, lo_open=True)
     scheduler: str = _choices("cosine", "onecycle", "plateau", "none", default="cosine")
     warmup_epochs: float = _range(0.0, 0.0)
     lr_min: float = _range(0.0, 0.0)

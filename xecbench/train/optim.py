@@ -60,19 +60,34 @@ def decays(name: str, p: nn.Parameter) -> bool:
     return p.ndim >= 2 and name.rsplit(".", 1)[-1] == "weight"
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """The trainable parameters in two groups: with ``weight_decay`` and without (see :func:`decays`)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [
-        {"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
-        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
-    ]
+def lr_scale(model: nn.Module, name: str, layer_decay: float | None) -> float:
+    """The factor on the learning rate of parameter ``name``: ``layer_decay ** (L - level)`` for a
+    parameter of ``model.encoder`` at depth level ``level`` of ``L`` (:meth:`XECEncoder.layer_of`),
+    1 for everything else (task heads, decoders) or without layer decay."""
+    encoder = getattr(model, "encoder", None)
+    if layer_decay is None or encoder is None or not name.startswith("encoder."):
+        return 1.0
+    return layer_decay ** (encoder.n_layers - encoder.layer_of(name.removeprefix("encoder.")))
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """The trainable parameters grouped by weight decay (see :func:`decays`) and learning-rate scale
+    (:func:`lr_scale`; the largest scale first, so group 0 carries the base rate). Each group has an
+    ``lr_scale`` that :func:`build_optimizer` multiplies into its learning rate."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((decays(n, p), lr_scale(model, n, layer_decay)), []).append(p)
+    order = sorted(groups, key=lambda k: (-k[1], not k[0]))
+    return [{"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr_scale": k[1]} for k in order]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainingConfig, steps_per_epoch: int) -> torch.optim.Optimizer:
-    """The optimiser of ``cfg.optimizer`` over the trainable parameters of ``model`` (two weight-decay
-    groups)."""
-    params = param_groups(model, cfg.weight_decay)
+    """The optimiser of ``cfg.optimizer`` over the trainable parameters of ``model`` (weight-decay and,
+    with ``cfg.layer_decay``, learning-rate groups)."""
+    params = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    for group in params:
+        group["lr"] = cfg.lr * group["lr_scale"]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     if cfg.optimizer == "schedulefree_adamw":
@@ -105,9 +120,8 @@ def build_scheduler(
     if cfg.scheduler == "cosine":
         return LambdaLR(optimizer, lambda s: cosine_factor(s, steps_per_epoch, cfg))
     if cfg.scheduler == "onecycle":
-        return OneCycleLR(
-            optimizer, max_lr=cfg.max_lr or cfg.lr, total_steps=steps_per_epoch * cfg.epochs, pct_start=cfg.pct_start
-        )
+        peak = [(cfg.max_lr or cfg.lr) * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+        return OneCycleLR(optimizer, max_lr=peak, total_steps=steps_per_epoch * cfg.epochs, pct_start=cfg.pct_start)
     if cfg.scheduler == "plateau":
         return ReduceLROnPlateau(
             optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.lr_min
