@@ -1,4 +1,5 @@
-"""Evaluation: classical inpainting baselines and residual metrics."""
+"""Evaluation: models against the classical baselines (inpainting per face, regression per target),
+residual and resolution metrics, paired verdicts."""
 
 from ..baselines import estimate_source, neighbour_average, solid_angle_estimate, solid_angles
 from ..reco import ClassicalReco

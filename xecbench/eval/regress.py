@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data import EventDataset
 from ..nn import SensorMask
-from ..nn.regress import TARGETS, truth_of
+from ..nn.regress import truth_of
 from ..reco import ClassicalReco
 from .resolution import energy_in_bins, regression_metrics
 
@@ -63,5 +63,3 @@ def compare_regression(
             }
     return out
 
-
-__all__ = ["TARGETS", "compare_regression", "predict_targets"]
