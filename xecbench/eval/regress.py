@@ -62,4 +62,3 @@ def compare_regression(
                 m: energy_in_bins(p["energy"], truth["energy"], energy_edges) for m, p in out["pred"].items()
             }
     return out
-
