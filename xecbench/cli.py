@@ -1,4 +1,4 @@
-"""Command line: ``xecbench demo | simulate | display | train | evaluate | sweep | info``.
+"""Command line: ``xecbench demo | simulate | display | train | evaluate | inpaint | export | sweep | info``.
 
 Every error is one line on stderr, ``xecbench COMMAND: what is wrong``, with exit status 2 for what the
 user must fix (arguments, config, missing or unreadable files, data files in the wrong format) and 1
@@ -139,22 +139,14 @@ def _evaluate(args: argparse.Namespace) -> None:
         _fraction("--mask-ratio", args.mask_ratio)
     from .data import EventDataset, load_events, simulate
     from .eval import compare_inpainting, format_table
-    from .train import build_model, build_normalizer, build_sim_config, config_from_checkpoint, load_checkpoint
+    from .train import build_normalizer, build_sim_config, load_trained
     from .train.tasks import fiducial
 
-    state = load_checkpoint(args.checkpoint)
-    cfg = config_from_checkpoint(state)
+    model, cfg, which = load_trained(args.checkpoint, args.weights)
     if cfg.model.task == "regress" and args.mask_ratio is not None:
         raise UsageError(f"--mask-ratio: {args.checkpoint} holds a regressor, which hides nothing; remove it")
-    has_ema = state.get("ema") is not None
-    weights = args.weights or ("ema" if has_ema else "live")
-    if weights == "ema" and not has_ema:
-        raise UsageError(f"--weights ema: {args.checkpoint} has no EMA weights (training.ema_decay=null); use live")
     norm = build_normalizer(cfg.data)
-    model = build_model(_without_init(cfg.model), norm)
-    model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
-    which = f"EMA (decay {cfg.training.ema_decay})" if weights == "ema" else "live"
-    print(f"using the {which} weights of {args.checkpoint} (epoch {state['epoch']}, step {state['step']})")
+    print(f"using {which}")
     if args.data:
         events = load_events(args.data)
     else:
@@ -215,18 +207,52 @@ def _evaluate_regression(args: argparse.Namespace, cfg, model, data) -> None:
         print(f"\nwrote {args.out}")
 
 
+def _inpaint(args: argparse.Namespace) -> None:
+    from .inpaint_files import inpaint_root
+
+    _positive("--step-size", args.step_size)
+    _positive("--batch-size", args.batch_size)
+    dead = None
+    if args.dead_channels:
+        if args.fill == "invalid":
+            raise UsageError("--dead-channels is used with --fill dead or --fill both, not --fill invalid")
+        from .data import dead_channel_map
+
+        dead = dead_channel_map(args.dead_channels)
+    started = time.perf_counter()
+    written = inpaint_root(
+        args.inputs,
+        args.out,
+        args.checkpoint,
+        fill=args.fill,
+        dead_channels=dead,
+        tree=args.tree,
+        npho_branch=args.npho_branch,
+        time_branch=args.time_branch,
+        step_size=args.step_size,
+        batch_size=args.batch_size,
+        weights=args.weights,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - started:.1f} s")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_model
+
+    fmt = args.format or ("onnx" if str(args.out).endswith(".onnx") else "torchscript")
+    path, info = export_model(args.checkpoint, args.out, fmt, args.weights)
+    ins = ", ".join(f"{k} {tuple(v)}" for k, v in info["inputs"].items())
+    outs = ", ".join(f"{k} {v}" for k, v in info["outputs"].items())
+    print(f"wrote {path} ({fmt}, {info['task']}): inputs {ins}; outputs {outs}")
+
+
 def _finite_or_none(tree):
     """Nested dicts of numbers with NaN/inf replaced by None (a face with nothing scored)."""
     if isinstance(tree, dict):
         return {k: _finite_or_none(v) for k, v in tree.items()}
     return None if isinstance(tree, float) and not math.isfinite(tree) else tree
-
-
-def _without_init(model_cfg):
-    """The model config without ``init_from``: the checkpoint already holds the weights."""
-    from dataclasses import replace
-
-    return replace(model_cfg, init_from=None)
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -265,7 +291,10 @@ def _info(args: argparse.Namespace) -> None:
     from .nn import preset_parameter_counts
 
     print(f"xecbench {__version__}: 4760 sensors on six faces")
+    from .train.config import PACKAGED_CONFIGS, packaged_configs
+
     print(summary())
+    print(f"packaged configs (xecbench train NAME; files in {PACKAGED_CONFIGS}): {', '.join(packaged_configs())}")
     print("model presets (trainable parameters):")
     for name, counts in preset_parameter_counts().items():
         print(f"  {name:>5}: " + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items()))
@@ -278,37 +307,46 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _command(sub, name: str, summary: str, func, parents) -> argparse.ArgumentParser:
+    """A subcommand whose one-line ``summary`` shows in ``xecbench --help`` and heads its own help."""
+    c = sub.add_parser(name, parents=parents, help=summary, description=summary)
+    c.set_defaults(func=func)
+    return c
+
+
 def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     p = _Parser(prog="xecbench", description="Workbench for ML on the MEG II LXe calorimeter")
     p.add_argument("--debug", action="store_true", help="show tracebacks (or set XECBENCH_DEBUG=1)")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    seed = "random seed (default %(default)s)"
 
-    d = sub.add_parser("demo", parents=[debug], help="simulate, pretrain a tiny MAE on CPU, draw a reconstruction")
-    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--epochs", type=int, default=4, help="training epochs (default 4, about a minute)")
-    d.add_argument("--events", type=int, default=2048, help="training events to simulate")
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=_demo)
+    d = _command(sub, "demo", "simulate, pretrain a tiny MAE on the CPU, draw a reconstruction", _demo, [debug])
+    d.add_argument("--out", default="runs/demo", help="output folder (default %(default)s)")
+    d.add_argument("--epochs", type=int, default=4, help="training epochs (default %(default)s, about a minute)")
+    d.add_argument("--events", type=int, default=2048, help="training events to simulate (default %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help=seed)
 
-    s = sub.add_parser("simulate", parents=[debug], help="write a simulated data set (.root or .npz)")
+    s = _command(sub, "simulate", "write simulated events to a .root or .npz file", _simulate, [debug])
     s.add_argument("n", type=int, help="number of events")
-    s.add_argument("--out", required=True, help="output file, .root or .npz")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--spectrum", choices=("mono", "flat"), default="mono")
-    s.add_argument("--random-dead", type=float, default=0.0, help="extra dead fraction per event")
-    s.set_defaults(func=_simulate)
+    s.add_argument("--out", required=True, help="output file, .root or .npz (e.g. runs/sim.root)")
+    s.add_argument("--seed", type=int, default=0, help=seed)
+    s.add_argument(
+        "--spectrum", choices=("mono", "flat"), default="mono", help="52.8 MeV, or flat in 10-60 MeV (default mono)"
+    )
+    s.add_argument("--random-dead", type=float, default=0.0, help="extra dead fraction drawn per event (default 0)")
 
-    v = sub.add_parser("display", parents=[debug], help="draw one event of a .root/.npz file")
-    v.add_argument("file")
-    v.add_argument("--event", type=int, default=0)
-    v.add_argument("--quantity", choices=("npho", "time"), default="npho")
-    v.add_argument("--out", default="event.png")
-    v.set_defaults(func=_display)
+    v = _command(sub, "display", "draw one event of a .root/.npz file as an image", _display, [debug])
+    v.add_argument("file", help="a .root or .npz file of events")
+    v.add_argument("--event", type=int, default=0, help="which event, from 0 (default 0)")
+    v.add_argument("--quantity", choices=("npho", "time"), default="npho", help="what to colour (default npho)")
+    v.add_argument("--out", default="runs/event.png", help="image file (default %(default)s)")
 
-    t = sub.add_parser("train", parents=[debug], help="train from a YAML config (MAE or inpainting)")
-    t.add_argument("config", help="YAML file with sections model, data, training (see configs/)")
+    t = _command(sub, "train", "train an MAE, inpainter or regressor from a YAML config", _train, [debug])
+    t.add_argument(
+        "config", help="a YAML file with sections model, data, training, or a packaged config's name (e.g. mae_tiny)"
+    )
     t.add_argument(
         "--set",
         action="append",
@@ -316,29 +354,62 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a key, e.g. --set training.lr=1e-3 (repeatable)",
     )
-    t.add_argument("--resume", default=None, help="a checkpoint to continue from")
-    t.set_defaults(func=_train)
+    t.add_argument("--resume", default=None, help="a checkpoint of this run to continue from")
 
-    e = sub.add_parser(
+    e = _command(
+        sub,
         "evaluate",
-        parents=[debug],
-        help="a checkpoint against the classical baselines (inpainting/MAE per face, regression per target)",
+        "score a checkpoint against the classical baselines (per face, or per regression target)",
+        _evaluate,
+        [debug],
     )
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint.pt written by xecbench train")
     e.add_argument("--data", default=None, help=".root/.npz events (default: simulate --events)")
-    e.add_argument("--events", type=int, default=256, help="events to simulate (without --data)")
-    e.add_argument("--seed", type=int, default=2024)
+    e.add_argument("--events", type=int, default=256, help="events to simulate without --data (default %(default)s)")
+    e.add_argument("--seed", type=int, default=2024, help="seed of the events and masks (default %(default)s)")
     e.add_argument(
         "--mask-ratio", type=float, default=None, help="default: the model's (inpaint_)mask_ratio; not for a regressor"
     )
     e.add_argument(
         "--weights", choices=("ema", "live"), default=None, help="default: ema when the checkpoint has one, else live"
     )
-    e.add_argument("--out", default=None, help="write the full result as JSON")
-    e.set_defaults(func=_evaluate)
+    e.add_argument("--out", default=None, help="write the full result as JSON (e.g. runs/eval.json)")
 
-    w = sub.add_parser(
-        "sweep", parents=[debug], help="run a notebook over a parameter grid with papermill, or summarize one"
+    n = _command(sub, "inpaint", "fill the dead channels of ROOT files with a trained inpainter", _inpaint, [debug])
+    n.add_argument("inputs", nargs="+", metavar="IN.root", help="input ROOT files")
+    n.add_argument("--checkpoint", required=True, help="an inpaint (or mae) checkpoint")
+    n.add_argument(
+        "--out", required=True, help="a .root file (all inputs, concatenated) or a folder (one file per input)"
+    )
+    n.add_argument(
+        "--fill",
+        choices=("invalid", "dead", "both"),
+        default="invalid",
+        help="sensors to fill: flagged invalid in the file, on the dead-channel map, or both (default invalid)",
+    )
+    n.add_argument("--dead-channels", default=None, help="dead-channel map, one id per line (default: packaged)")
+    n.add_argument("--tree", default="tree", help="the TTree's name (default tree)")
+    n.add_argument("--npho-branch", default="npho", help="the branch of photon counts (default npho)")
+    n.add_argument("--time-branch", default="relative_time", help="the branch of times (default relative_time)")
+    n.add_argument("--step-size", type=int, default=2000, help="events read and written per chunk (default 2000)")
+    n.add_argument("--batch-size", type=int, default=256, help="events per model call (default 256)")
+    n.add_argument("--weights", choices=("ema", "live"), default=None, help="default: ema when the checkpoint has one")
+    n.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    n.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    x = _command(sub, "export", "export a trained inpainter or regressor to TorchScript or ONNX", _export, [debug])
+    x.add_argument("checkpoint", help="an inpaint, mae or regress checkpoint")
+    x.add_argument("--out", required=True, help="output file, e.g. runs/inpainter.pt or runs/inpainter.onnx")
+    x.add_argument(
+        "--format",
+        choices=("torchscript", "onnx"),
+        default=None,
+        help="default: onnx for a .onnx --out, else torchscript",
+    )
+    x.add_argument("--weights", choices=("ema", "live"), default=None, help="default: ema when the checkpoint has one")
+
+    w = _command(
+        sub, "sweep", "run a notebook over a parameter grid (papermill), or summarize a sweep", _sweep, [debug]
     )
     w.add_argument("notebook", nargs="?", help="the notebook (its first cell tagged 'parameters')")
     w.add_argument(
@@ -350,13 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a parameter and comma-separated values, e.g. -p lr 1e-3,3e-3 (repeatable)",
     )
     w.add_argument("--out", help="sweep folder: one subfolder per point")
-    w.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    w.add_argument("--timeout", type=int, default=1800, help="seconds per cell (default %(default)s)")
     w.add_argument("--summarize", metavar="DIR", help="write DIR/summary.csv and summary.png from its result.json")
     w.add_argument("--metric", default=None, help="metric to plot with --summarize (default: the headline loss)")
-    w.set_defaults(func=_sweep)
 
-    i = sub.add_parser("info", parents=[debug], help="print the detector layout")
-    i.set_defaults(func=_info)
+    _command(sub, "info", "print the detector layout, the packaged configs and the model sizes", _info, [debug])
     return p
 
 
@@ -383,7 +452,11 @@ def main(argv: list[str] | None = None) -> None:
 def _exit_status(exc: BaseException) -> int:
     """2 for what the user must fix (arguments, config, files), 1 for failures while running."""
     user: list[type] = [UsageError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError]
-    for module, name in (("xecbench.train.config", "ConfigError"), ("xecbench.data.io", "DataFormatError")):
+    for module, name in (
+        ("xecbench.train.config", "ConfigError"),
+        ("xecbench.data.io", "DataFormatError"),
+        ("xecbench.inpaint_files", "InpaintArgumentError"),
+    ):
         if module in sys.modules:  # not imported: the exception cannot be one of them
             user.append(getattr(sys.modules[module], name))
     return 2 if isinstance(exc, tuple(user)) else 1

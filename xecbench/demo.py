@@ -18,9 +18,10 @@ matplotlib.use("Agg")  # the demo writes files; it never opens a window
 from .eval import reconstruct  # noqa: E402
 from .nn import count_parameters  # noqa: E402
 from .train import load_config, make_trainer  # noqa: E402
+from .train.config import PACKAGED_CONFIGS  # noqa: E402
 from .viz import event_display, face_panels  # noqa: E402
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mae_tiny.yaml"
+CONFIG = PACKAGED_CONFIGS / "mae_tiny.yaml"
 
 
 def run_demo(

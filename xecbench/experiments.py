@@ -19,8 +19,9 @@ from .data.io import atomic_path
 from .nn import SensorMask
 from .sweep import RESULT_FILE
 from .train import Trainer, load_config, run_training
+from .train.config import PACKAGED_CONFIGS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = PACKAGED_CONFIGS  # the packaged configs, e.g. CONFIGS / "mae_tiny.yaml"
 
 
 def run_variants(

@@ -365,5 +365,13 @@ def summary() -> str:
         )
         if face == "outer":
             layout += " + 6x5 centre patch"
-        lines.append(f"{face:>6}: {fid.size:4d} sensors, ids {fid.min()}-{fid.max()}, {layout}")
+        lines.append(f"{face:>6}: {fid.size:4d} sensors, ids {id_ranges(fid)}, {layout}")
     return "\n".join(lines)
+
+
+def id_ranges(ids: np.ndarray) -> str:
+    """Channel ids as contiguous ranges: ``[4092..4307, 4742..4759]`` -> ``"4092-4307, 4742-4759"``."""
+    ids = np.unique(ids)
+    breaks = np.flatnonzero(np.diff(ids) != 1)
+    starts, ends = np.r_[ids[:1], ids[breaks + 1]], np.r_[ids[breaks], ids[-1:]]
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in zip(starts, ends))

@@ -116,7 +116,7 @@ class ClassicalReco(nn.Module):
         (B, 3) cm, "direction": (B, 3) unit, "time": (B, 1) ns}`` in the dtype of ``npho``."""
         c = {k: getattr(self, k).to(npho.dtype) for k in ("energy_slope", "energy_offset", "depth", "time_offset")}
         uv = light_centroid(npho, self.top_k)
-        uvw = torch.cat([uv, c["depth"].expand(len(uv), 1)], dim=1)
+        uvw = torch.cat([uv, c["depth"].expand(uv.shape[0], 1)], dim=1)  # shape[0]: traced batch size stays free
         xyz = uvw_to_xyz(uvw)
         return {
             "energy": (c["energy_slope"] * npho.sum(1) + c["energy_offset"])[:, None],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from .. import geometry as geo
 BLOCK = 256  # events per seeded block
 INVALID = 1e10  # raw marker of an invalid npho or time (readers flag anything > 9e9)
 SPEED_OF_LIGHT = 29.9792458  # cm / ns
-DEAD_CHANNEL_FILE = Path(__file__).resolve().parents[2] / "data" / "dead_channels.txt"
+DEAD_CHANNEL_FILE = Path(str(resources.files("xecbench.data") / "dead_channels.txt"))  # package data
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class SimConfig:
     z_range: tuple[float, float] = (-25.0, 25.0)  # cm
     time_threshold: float = 100.0  # photons; below it the time is invalid
     time_jitter: float = 0.5  # ns at 100 photons, scales as 1/sqrt(npho)
-    dead_channels: str | None = "default"  # "default" = data/dead_channels.txt, None = no dead map
+    dead_channels: str | None = "default"  # "default" = the packaged map, None = no dead map
     random_dead_fraction: float = 0.0  # extra dead channels drawn per event
     run: int = 0
 
@@ -65,7 +66,7 @@ class SimConfig:
 
 @cache
 def dead_channel_map(path: str | None = None) -> np.ndarray:
-    """Channel ids of the fixed dead-channel map (``data/dead_channels.txt`` by default)."""
+    """Channel ids of the fixed dead-channel map (the packaged ``xecbench/data/dead_channels.txt`` by default)."""
     p = Path(path) if path else DEAD_CHANNEL_FILE
     if not p.is_file():
         raise FileNotFoundError(f"dead-channel map {p} not found")

@@ -49,8 +49,10 @@ class SensorMask:
     hidden: torch.Tensor
 
     def __post_init__(self) -> None:
+        if torch.jit.is_tracing():  # traced shapes are tensors; the traced inputs were checked eagerly
+            return
         shapes = {k: tuple(getattr(self, k).shape) for k in ("valid", "time_valid", "hidden")}
-        if len(set(shapes.values())) != 1 or len(shapes["valid"]) != 2:
+        if shapes["time_valid"] != shapes["valid"] or shapes["hidden"] != shapes["valid"] or len(shapes["valid"]) != 2:
             raise ValueError(f"SensorMask: valid, time_valid and hidden must share one (B, N) shape, got {shapes}")
         for k in shapes:
             if getattr(self, k).dtype != torch.bool:

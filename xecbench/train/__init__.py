@@ -12,6 +12,7 @@ from .tasks import (
     build_sim_config,
     build_task,
     inpaint_task,
+    load_trained,
     mae_task,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "inpaint_task",
     "load_checkpoint",
     "load_config",
+    "load_trained",
     "mae_task",
     "make_trainer",
     "resolve_amp",

@@ -15,6 +15,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,8 @@ class TrainingConfig:
     run_dir: str = "runs/train"
     checkpoint_every: int = _range(1, 1)  # epochs
     progress: bool = True
+    # experiment tracking besides metrics.json/csv: TensorBoard (<run_dir>/tensorboard) or MLflow
+    log_to: str = _choices("none", "tensorboard", "mlflow", default="none")
 
 
 @dataclass
@@ -328,9 +331,31 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML config file as a dict; errors name the file (and the line, for a syntax error)."""
+# the configs that ship inside the package (also reachable as configs/ in a clone)
+PACKAGED_CONFIGS = Path(str(resources.files("xecbench") / "configs"))
+
+
+def packaged_configs() -> list[str]:
+    """Names of the packaged configs (``mae_tiny``, ...): ``load_config(name)`` reads them from any folder."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def config_path(path: str | Path) -> Path:
+    """A config file: ``path`` itself when it exists, else a packaged config named ``path``
+    (``mae_tiny`` or ``mae_tiny.yaml``)."""
     p = Path(path)
+    if p.exists() or len(p.parts) != 1:
+        return p
+    packaged = PACKAGED_CONFIGS / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    if packaged.is_file():
+        return packaged
+    raise FileNotFoundError(f"config file {p} not found, and no packaged config has that name: {packaged_configs()}")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file (or a packaged config's name) as a dict; errors name the file (and the line,
+    for a syntax error)."""
+    p = config_path(path)
     if not p.exists():
         raise FileNotFoundError(f"config file {p} not found")
     if not p.is_file():

@@ -8,6 +8,7 @@ from .config import Config, save_config
 from .distributed import init_distributed, shutdown
 from .loop import Callback, Trainer, resolve_device, seed_everything
 from .tasks import build_datasets, build_model, build_normalizer, build_task
+from .tracking import tracker
 
 
 def make_trainer(cfg: Config, callbacks: list[Callback] | None = None) -> Trainer:
@@ -18,7 +19,10 @@ def make_trainer(cfg: Config, callbacks: list[Callback] | None = None) -> Traine
     model = build_model(cfg.model, build_normalizer(cfg.data))
     if cfg.model.task == "regress":  # classical start and standardisation from the training set (saved)
         model.calibrate(train)
-    return Trainer(model, build_task(cfg.model), train, val, cfg.training, callbacks or [], cfg, dist)
+    callbacks = list(callbacks or [])
+    if dist.is_main and cfg.training.log_to != "none":
+        callbacks.append(tracker(cfg.training.log_to, cfg.training.run_dir, cfg.to_dict()))
+    return Trainer(model, build_task(cfg.model), train, val, cfg.training, callbacks, cfg, dist)
 
 
 def run_training(cfg: Config, resume: str | Path | None = None, callbacks: list[Callback] | None = None) -> Trainer:

@@ -195,3 +195,25 @@ def _event_dicts(cfg: Config) -> tuple[dict[str, np.ndarray], dict[str, np.ndarr
         val = {k: v[n - n_val :] for k, v in events.items()}
         events = {k: v[: n - n_val] for k, v in events.items()}
     return {k: v[: d.n_train] for k, v in events.items()}, val
+
+
+def load_trained(path: str, weights: str | None = None) -> tuple[nn.Module, Config, str]:
+    """The model of a checkpoint, ready for inference: ``(model in eval mode, its config, which weights)``.
+
+    ``weights``: ``"ema"``, ``"live"`` or ``None`` (the EMA shadow when the run kept one, else live).
+    The model is rebuilt from the checkpoint's own config (``init_from`` is not followed: the
+    checkpoint already holds every weight)."""
+    from dataclasses import replace
+
+    state = load_checkpoint(path)
+    cfg = config_from_checkpoint(state)
+    has_ema = state.get("ema") is not None
+    weights = weights or ("ema" if has_ema else "live")
+    if weights not in ("ema", "live"):
+        raise ValueError(f"weights must be 'ema', 'live' or None, got {weights!r}")
+    if weights == "ema" and not has_ema:
+        raise ConfigError(f"--weights ema: {path} has no EMA weights (training.ema_decay was null); use live")
+    model = build_model(replace(cfg.model, init_from=None), build_normalizer(cfg.data))
+    model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
+    label = f"EMA (decay {cfg.training.ema_decay})" if weights == "ema" else "live"
+    return model.eval(), cfg, f"the {label} weights of {path} (epoch {state['epoch']}, step {state['step']})"
