@@ -14,6 +14,9 @@ def test_info(capsys):
     main(["info"])
     out = capsys.readouterr().out
     assert "4092 sensors" in out and "hex rows 11/12/11/12/13/14" in out
+    # each face's ids, as contiguous ranges (the outer face's are two)
+    assert "outer:  234 sensors, ids 4092-4307, 4742-4759," in out and "us:  144 sensors, ids 4308-4451," in out
+    assert "mae_tiny" in out
     assert "tiny: encoder" in out and "base: encoder" in out
 
 
@@ -53,3 +56,18 @@ def test_demo_runs_end_to_end(tmp_path):
     assert max(summary["val_loss"], summary["train_loss"][-1]) < 1.1 * summary["train_loss"][0]
     for name in summary["figures"]:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_command_and_option_is_described():
+    import argparse
+
+    from xecbench.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    described = {c.dest: c.help for c in sub._choices_actions}
+    assert set(described) == set(sub.choices) and all(described.values())
+    for name, command in sub.choices.items():
+        assert command.description, name
+        for action in command._actions:
+            assert action.help and action.help != argparse.SUPPRESS or action.dest == "help", (name, action.dest)

@@ -46,10 +46,10 @@ def files(tmp_path_factory):
     ev["npho"][::3, 100:140] = np.nan  # more invalid sensors, flagged both ways the files do
     ev["npho"][1::3, 2000:2010] = 1e10
     write_root(d / "fixed.root", ev)
-    # a file with jagged branches: npho stored as a variable-length array, and a jagged branch of its own
+    # a file with jagged branches (npho as a variable-length array, and one of its own), times in float64
     jag = {
         "npho": ak.from_regular(ak.Array(ev["npho"]), axis=1),
-        "relative_time": ev["relative_time"],
+        "relative_time": ev["relative_time"].astype(np.float64) + 1e-9,  # float64: must survive unrounded
         "hits": ak.Array([[float(i)] * (i % 4) for i in range(N)]),
         "energyTruth": ev["energyTruth"],
     }

@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     p = _Parser(prog="xecbench", description="Workbench for ML on the MEG II LXe calorimeter")
     p.add_argument("--debug", action="store_true", help="show tracebacks (or set XECBENCH_DEBUG=1)")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     seed = "random seed (default %(default)s)"
 
     d = _command(sub, "demo", "simulate, pretrain a tiny MAE on the CPU, draw a reconstruction", _demo, [debug])

@@ -30,11 +30,11 @@ FORMATS = ("torchscript", "onnx")
 def deployable(checkpoint: str | os.PathLike[str], weights: str | None = None) -> tuple[torch.nn.Module, dict]:
     """The raw-units module of a checkpoint and the description written beside it."""
     from . import __version__
-    from .inpaint_files import _sha256, load_inpainter
+    from .inpaint_files import load_inpainter, sha256_of
     from .train import load_trained
 
     model, cfg, which = load_trained(str(checkpoint), weights)
-    info = {"checkpoint": str(checkpoint), "sha256": _sha256(checkpoint), "weights": which, "xecbench": __version__}
+    info = {"checkpoint": str(checkpoint), "sha256": sha256_of(checkpoint), "weights": which, "xecbench": __version__}
     if cfg.model.task == "regress":
         module = RawRegressor(model).eval()
         info.update(task="regress", inputs={"sensors": ["B", N_CHANNELS, 2]}, outputs={"targets": module.outputs})

@@ -39,6 +39,7 @@ FILL_MODES = ("invalid", "dead", "both")
 class InpaintArgumentError(ValueError):
     """An argument of :func:`inpaint_root` that cannot be used (the CLI exits with status 2)."""
 
+
 FLAG_BRANCH = "inpainted"
 IDENTITY_KEY = "xecbench_inpaint"
 
@@ -59,7 +60,7 @@ def load_inpainter(
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     identity = {
         "checkpoint": str(Path(checkpoint).resolve()),
-        "sha256": _sha256(checkpoint),
+        "sha256": sha256_of(checkpoint),
         "task": cfg.model.task,
         "epoch": state["epoch"],
         "step": state["step"],
@@ -70,7 +71,7 @@ def load_inpainter(
     return inpainter, identity
 
 
-def _sha256(path: str | os.PathLike[str]) -> str:
+def sha256_of(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -164,7 +165,9 @@ def inpaint_root(
     else:
         names = [p.name for p in paths]
         if len(set(names)) != len(names):
-            raise InpaintArgumentError(f"inputs share a file name, so a folder --out {out} cannot hold them: give a .root file")
+            raise InpaintArgumentError(
+                f"inputs share a file name, so a folder --out {out} cannot hold them: give a .root file"
+            )
         groups = [(out / p.name, [(p, t)]) for p, t in zip(paths, trees)]
     for target, members in groups:
         if any(target.resolve() == p.resolve() for p, _ in members):
@@ -228,9 +231,10 @@ def _write_group(target, members, inpainter, identity, fill, dead_channels, tree
                 mask = fill_mask(npho, fill, dead_channels)
                 new_npho, new_time = inpaint_arrays(inpainter, npho, time, mask, batch)
                 arrays = {k: chunk[k] for k in names}
-                arrays[npho_b] = _like(new_npho, chunk[npho_b])
+                # replaced values in the branch's own dtype; the others are the file's, untouched
+                arrays[npho_b] = _like(np.where(mask, new_npho.astype(npho.dtype), npho), chunk[npho_b])
                 if inpainter.fill_time:
-                    arrays[time_b] = _like(new_time, chunk[time_b])
+                    arrays[time_b] = _like(np.where(mask, new_time.astype(time.dtype), time), chunk[time_b])
                 arrays[FLAG_BRANCH] = mask
                 if out_tree is None:
                     branch_types = {k: _branch_type(v) for k, v in arrays.items()}
@@ -255,9 +259,7 @@ def _chunks(t: uproot.TTree, path: Path, names: list[str], step: int):
 
 
 def _like(values: np.ndarray, original: ak.Array) -> ak.Array | np.ndarray:
-    """``values (n, 4760)`` float32 in the original branch's layout (fixed-size or jagged) and dtype."""
-    dtype = ak.to_numpy(ak.flatten(original[:1], axis=None)).dtype if len(original) else values.dtype
-    values = values.astype(dtype, copy=False)
+    """``values (n, 4760)`` (in the branch's dtype) in the original branch's layout: fixed-size or jagged."""
     if str(ak.type(original).content).startswith("var"):
         return ak.from_regular(ak.Array(values), axis=1)
     return values

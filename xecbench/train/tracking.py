@@ -2,14 +2,18 @@
 
 ``training.log_to: tensorboard`` writes event files to ``<run_dir>/tensorboard`` (``tensorboard
 --logdir runs``); ``training.log_to: mlflow`` logs to MLflow's tracking URI (``MLFLOW_TRACKING_URI``,
-else a file store ``<run_dir>/mlruns``; ``mlflow ui --backend-store-uri runs/NAME/mlruns``). Both are
+else a local store in the run folder: ``<run_dir>/mlflow.db`` where SQLAlchemy is installed (full
+``mlflow``), the file store ``<run_dir>/mlruns`` otherwise (``mlflow-skinny``); view it with
+``mlflow ui --backend-store-uri sqlite:///runs/NAME/mlflow.db``). Both are
 Trainer callbacks ``cb(kind, trainer, row)``: they see exactly the rows that go to ``metrics.json``,
 on the main process only, and log every number in them against the optimiser step.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,9 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:  # torch's writer needs the tensorboard package
-            raise ImportError("training.log_to=tensorboard needs the tensorboard package: pip install tensorboard") from exc
+            raise ImportError(
+                "training.log_to=tensorboard needs the tensorboard package: pip install tensorboard"
+            ) from exc
         self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(str(self.log_dir))
         if config is not None:
@@ -60,11 +66,8 @@ class MLflowLogger:
             import mlflow
         except ImportError as exc:
             raise ImportError("training.log_to=mlflow needs the mlflow package: pip install mlflow") from exc
-        import os
-
         self.mlflow = mlflow
-        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (Path(run_dir).resolve() / "mlruns").as_uri()
-        mlflow.set_tracking_uri(uri)
+        mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_store(run_dir))
         mlflow.set_experiment("xecbench")
         self.run = mlflow.start_run(run_name=Path(run_dir).name)
         if config is not None:
@@ -75,6 +78,16 @@ class MLflowLogger:
         self.mlflow.log_metrics(metrics, step=row["step"], run_id=self.run.info.run_id)
         if kind == "epoch" and trainer.epoch >= trainer.cfg.epochs:
             self.mlflow.end_run()
+
+
+def local_store(run_dir: str | Path) -> str:
+    """The MLflow tracking URI of a store inside ``run_dir`` (see the module docstring)."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if importlib.util.find_spec("sqlalchemy") is not None:
+        return f"sqlite:///{run_dir / 'mlflow.db'}"
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow-skinny has only the file store
+    return (run_dir / "mlruns").as_uri()
 
 
 def tracker(log_to: str, run_dir: str | Path, config: dict[str, Any] | None = None):
