@@ -98,6 +98,10 @@ def test_onnx_inpainter_matches_eager_through_onnxruntime(ckpts, tmp_path):
     sensors, fill = _inputs(3)
     with torch.no_grad():
         torch.testing.assert_close(load_exported(path)(sensors, fill), eager(sensors, fill), rtol=1e-5, atol=1e-4)
+    # tracing again in the same process must not pick up what the first export cached
+    again, _ = export_model(ckpts["inpaint"], tmp_path / "again.pt", "torchscript")
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(again)(sensors, fill), eager(sensors, fill), rtol=1e-5, atol=1e-5)
 
 
 def test_export_refuses_what_it_cannot_write(ckpts, tmp_path, capsys):

@@ -77,6 +77,9 @@ def export_model(
     info["format"] = fmt
     out = Path(out)
     with atomic_path(out) as tmp, torch.no_grad():
+        # one eager call first: it builds the cached geometry tables (neighbour lists, sensor positions)
+        # as real tensors, which tracing would otherwise create, and cache, as its own placeholders
+        module(*inputs)
         if fmt == "torchscript":
             traced = torch.jit.trace(module, inputs, check_trace=False)
             torch.jit.save(traced, str(tmp), _extra_files={"xecbench.json": json.dumps(info)})
