@@ -52,7 +52,9 @@ def main() -> None:
         print(f"num_workers={workers}: {rate:,.0f} events/s", flush=True)
     # with no worker the main process does everything on (up to) all cores' threads; a worker is one core
     per_core = rows["workers=1"]
-    targets = {"ROOT -> batches, one worker": {"value": per_core, "target": ">= 20000 events/s", "pass": per_core >= 20000}}
+    targets = {
+        "ROOT -> batches, one worker": {"value": per_core, "target": ">= 20000 events/s", "pass": per_core >= 20000}
+    }
     for k, v in targets.items():
         print(f"{'PASS' if v['pass'] else 'FAIL'}  {k}: {v}")
     write_json(

@@ -29,23 +29,24 @@ FORMATS = ("torchscript", "onnx")
 
 def deployable(checkpoint: str | os.PathLike[str], weights: str | None = None) -> tuple[torch.nn.Module, dict]:
     """The raw-units module of a checkpoint and the description written beside it."""
-    from . import __version__
-    from .inpaint_files import load_inpainter, sha256_of
-    from .train import load_trained
+    from .inpaint_files import checkpoint_identity, load_inpainter
+    from .train import config_from_checkpoint, load_checkpoint, load_trained
 
-    model, cfg, which = load_trained(str(checkpoint), weights)
-    info = {"checkpoint": str(checkpoint), "sha256": sha256_of(checkpoint), "weights": which, "xecbench": __version__}
-    if cfg.model.task == "regress":
-        module = RawRegressor(model).eval()
-        info.update(task="regress", inputs={"sensors": ["B", N_CHANNELS, 2]}, outputs={"targets": module.outputs})
-    else:
-        module, _ = load_inpainter(checkpoint, weights)
+    state = load_checkpoint(checkpoint)
+    if config_from_checkpoint(state).model.task != "regress":
+        module, info = load_inpainter(checkpoint, weights, state=state)
         info.update(
-            task=cfg.model.task,
             inputs={"sensors": ["B", N_CHANNELS, 2], "fill": ["B", N_CHANNELS]},
             outputs={"filled": ["B", N_CHANNELS, 2]},
-            time_filled=module.fill_time,
         )
+        return module, info
+    model, _, which = load_trained(str(checkpoint), weights, state)
+    module = RawRegressor(model).eval()
+    info = {
+        **checkpoint_identity(checkpoint, state, which),
+        "inputs": {"sensors": ["B", N_CHANNELS, 2]},
+        "outputs": {"targets": module.outputs},
+    }
     return module, info
 
 

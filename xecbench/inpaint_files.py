@@ -45,30 +45,35 @@ IDENTITY_KEY = "xecbench_inpaint"
 
 
 def load_inpainter(
-    checkpoint: str | os.PathLike[str], weights: str | None = None, device: str = "cpu"
+    checkpoint: str | os.PathLike[str], weights: str | None = None, device: str = "cpu", state: dict | None = None
 ) -> tuple[RawInpainter, dict]:
     """A :class:`.nn.deploy.RawInpainter` from an inpainting (or MAE) checkpoint, and its identity
-    (what :func:`inpaint_root` writes into the file)."""
-    from . import __version__
-    from .train import build_normalizer, load_trained
+    (what :func:`inpaint_root` writes into the file). ``state``: the checkpoint, if already read."""
+    from .train import build_normalizer, load_checkpoint, load_trained
 
-    model, cfg, which = load_trained(str(checkpoint), weights)
+    state = load_checkpoint(checkpoint) if state is None else state
+    model, cfg, which = load_trained(str(checkpoint), weights, state)
     if cfg.model.task not in ("inpaint", "mae"):
         raise DataFormatError(f"{checkpoint} holds a {cfg.model.task} model; inpainting needs an inpaint or mae one")
     fill_time = cfg.model.channel_weights[1] > 0  # a model trained without a time loss keeps the times
     inpainter = RawInpainter(model, build_normalizer(cfg.data), fill_time=fill_time).to(device).eval()
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    identity = {
+    return inpainter, {**checkpoint_identity(checkpoint, state, which), "time_filled": fill_time}
+
+
+def checkpoint_identity(checkpoint: str | os.PathLike[str], state: dict, weights: str) -> dict:
+    """What identifies a model in the files made with it: path, SHA-256, task, epoch, step, weights."""
+    from . import __version__
+    from .train import config_from_checkpoint
+
+    return {
         "checkpoint": str(Path(checkpoint).resolve()),
         "sha256": sha256_of(checkpoint),
-        "task": cfg.model.task,
+        "task": config_from_checkpoint(state).model.task,
         "epoch": state["epoch"],
         "step": state["step"],
-        "weights": which,
-        "time_filled": fill_time,
+        "weights": weights,
         "xecbench": __version__,
     }
-    return inpainter, identity
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:

@@ -197,15 +197,15 @@ def _event_dicts(cfg: Config) -> tuple[dict[str, np.ndarray], dict[str, np.ndarr
     return {k: v[: d.n_train] for k, v in events.items()}, val
 
 
-def load_trained(path: str, weights: str | None = None) -> tuple[nn.Module, Config, str]:
+def load_trained(path: str, weights: str | None = None, state: dict | None = None) -> tuple[nn.Module, Config, str]:
     """The model of a checkpoint, ready for inference: ``(model in eval mode, its config, which weights)``.
 
     ``weights``: ``"ema"``, ``"live"`` or ``None`` (the EMA shadow when the run kept one, else live).
-    The model is rebuilt from the checkpoint's own config (``init_from`` is not followed: the
-    checkpoint already holds every weight)."""
+    ``state``: the checkpoint when the caller has already read it. The model is rebuilt from the
+    checkpoint's own config (``init_from`` is not followed: the checkpoint holds every weight)."""
     from dataclasses import replace
 
-    state = load_checkpoint(path)
+    state = load_checkpoint(path) if state is None else state
     cfg = config_from_checkpoint(state)
     has_ema = state.get("ema") is not None
     weights = weights or ("ema" if has_ema else "live")
