@@ -184,6 +184,11 @@ def test_cli_inpaint_and_its_errors(files, tmp_path, capsys):
     fails(["inpaint", str(tmp_path / "nope.root"), *ck, "--out", str(tmp_path)], "nope.root not found")
     fails(["inpaint", str(out), *ck, "--out", str(tmp_path / "again")], "already has a branch 'inpainted'")
     fails(["inpaint", str(d / "fixed.root"), *ck, "--out", str(tmp_path), "--dead-channels", "x.txt"], "--fill dead")
+    ev = simulate(2, seed=1)
+    with uproot.recreate(tmp_path / "empty.root") as f:  # a tree with the right branches and no entries
+        f.mktree("tree", {k: (v.dtype, v.shape[1:]) for k, v in ev.items() if k in ("npho", "relative_time")})
+    fails(["inpaint", str(tmp_path / "empty.root"), *ck, "--out", str(tmp_path / "e.root")], "has no events")
+    assert not (tmp_path / "e.root").exists()
     reg = load_config(None, ["model.task=regress", "model.freeze_encoder=false"])
     state = {"model": build_model(reg.model).state_dict(), "ema": None, "epoch": 1, "step": 1, "config": reg.to_dict()}
     torch.save(state, tmp_path / "regress.pt")

@@ -160,6 +160,8 @@ def inpaint_root(
                 raise DataFormatError(f"{p}: tree {tree!r} has no branch {b!r}; its branches are {sorted(t.keys())}")
         if FLAG_BRANCH in t.keys():
             raise DataFormatError(f"{p}: tree {tree!r} already has a branch {FLAG_BRANCH!r} (inpainted before?)")
+        if t.num_entries == 0:
+            raise DataFormatError(f"{p}: tree {tree!r} has no events")
     inpainter, identity = load_inpainter(checkpoint, weights, device)
     identity.update(fill=fill, npho_branch=npho_branch, time_branch=time_branch)
     if fill != "invalid":
