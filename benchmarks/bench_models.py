@@ -1,23 +1,37 @@
 """Training-step throughput (events/s) of the MAE and the inpainter, presets tiny and base,
-fp32 vs bf16 autocast, eager vs torch.compile; on CUDA when present, else CPU.
+fp32 vs bf16 autocast, eager vs torch.compile; on CUDA when present, else CPU. Also where a step's
+time goes (torch.profiler: the parts of a step and the busiest operators), and, given the seed
+system's code, both MAEs side by side at the same token width.
 
     python benchmarks/bench_models.py                      # eager, fp32 + bf16 (bf16 tiny only on CPU)
     python benchmarks/bench_models.py --compile            # also torch.compile (adds ~1 min per model)
+    python benchmarks/bench_models.py --anchor ../xec-ml-wl --presets base   # + the seed system's MAE
 
-Targets on the 2-core CPU (models issue): MAE step at batch 32 faster than 150 events/s for tiny
-and faster than 12 events/s for base.
+``--anchor DIR``: a checkout of the seed system (weiyuanli-icepp/xec-ml-wl; its ``lib`` package needs
+numpy and scipy). Its MAE is built at token width 1024 (``XECEncoder(encoder_dim=1024)``, 45.0 M
+parameters) and timed in alternation with ours (``base``: token width 1024), batch 32, AdamW, the
+median of the repeats and their ratio. Its loss is replaced by the mean square of its reconstructions
+(computing a loss is a small part of a step); its masking is its own (60 % of the valid sensors).
+The code is imported from DIR at run time, never copied here.
+
+Targets on the 2-core CPU: MAE step at batch 32 faster than 150 events/s for tiny and faster than
+12 events/s for base (models issue); at least 2x the seed system's events/s at token width 1024
+(speed issue).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, write_json  # noqa: E402
+from torch.profiler import profile, record_function  # noqa: E402
 
 from xecbench.nn import (  # noqa: E402
     XECMAE,
@@ -30,43 +44,127 @@ from xecbench.nn import (  # noqa: E402
 )
 
 TARGETS = {"mae_tiny": 150.0, "mae_base": 12.0}
+PARTS = ("encoder", "decoder", "loss", "backward", "optimizer")
+
+
+def _inputs(batch: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4760, 2, generator=g).to(device)
+    valid = (torch.rand(batch, 4760, generator=g) > 0.01).to(device)
+    tv = valid & (torch.rand(batch, 4760, generator=g) > 0.9).to(device)
+    return x, valid, tv
 
 
 def make_step(kind: str, preset: str, device: str, batch: int, amp: bool, compile_: bool):
+    """One training step of ours; its parts are labelled for the profiler."""
     torch.manual_seed(0)
     mae = XECMAE(MAEConfig(encoder=encoder_config(preset)))
     model = mae if kind == "mae" else XECInpainter(mae.encoder, freeze_encoder=False)
     model.to(device).train()
     fwd = torch.compile(model) if compile_ else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=True)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 4760, 2, generator=g).to(device)
-    valid = (torch.rand(batch, 4760, generator=g) > 0.01).to(device)
-    tv = valid & (torch.rand(batch, 4760, generator=g) > 0.9).to(device)
+    x, valid, tv = _inputs(batch, device)
     inpaint_masks = SensorMask(valid, tv, random_hidden(valid, 0.05))
 
     def step():
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
-            if kind == "mae":
-                out = fwd(x, mae.draw_masks(valid, tv))
+            if compile_:
+                out = fwd(x, mae.draw_masks(valid, tv)) if kind == "mae" else fwd(x, inpaint_masks, capacity=400)
+                loss = out.loss
+            elif kind == "mae":
+                masks = mae.draw_masks(valid, tv)
+                with record_function("encoder"):
+                    enc = mae.encoder(x, masks)
+                with record_function("decoder"):
+                    pred = mae.decode(x, masks, enc)
+                with record_function("loss"):
+                    loss = mae.loss(pred, x, masks)[0]
             else:
-                out = fwd(x, inpaint_masks, capacity=400)
+                loss = fwd(x, inpaint_masks, capacity=400).loss
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
+        with record_function("backward"):
+            loss.backward()
+        with record_function("optimizer"):
+            opt.step()
 
     return step, count_parameters(model)
 
 
+def make_anchor_step(anchor: str, device: str, batch: int):
+    """One training step of the seed system's MAE at token width 1024, imported from ``anchor``."""
+    sys.path.insert(0, str(Path(anchor).resolve()))
+    from lib.models.mae import XEC_MAE  # noqa: PLC0415 (the seed system, given by path)
+    from lib.models.regressor import XECEncoder as SeedEncoder  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = XEC_MAE(SeedEncoder(encoder_dim=1024)).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    x, valid, _ = _inputs(batch, device)
+    x[..., 1] = torch.where(valid, x[..., 1], -1.0)  # its sentinel for an invalid time
+
+    def step():
+        recons, _ = model(x)
+        loss = sum(r.float().pow(2).mean() for r in recons.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def alternate(steps: dict[str, object], repeats: int, sync) -> dict[str, list[float]]:
+    """Seconds per call of each step, timed in turn (A, B, A, B, ...) so both see the same machine."""
+    for fn in steps.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, fn in steps.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def profile_step(step, top: int = 15) -> dict:
+    """Where one step's time goes: the labelled parts and the busiest operators (self time)."""
+    step()
+    with profile() as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e3
+    parts = {e.key: round(e.cpu_time_total / 1e3, 1) for e in events if e.key in PARTS}
+    ops = sorted((e for e in events if e.key not in PARTS), key=lambda e: -e.self_cpu_time_total)[:top]
+    table = [
+        {
+            "op": e.key,
+            "self_ms": round(e.self_cpu_time_total / 1e3, 1),
+            "calls": e.count,
+            "share": round(e.self_cpu_time_total / 1e3 / total, 3),
+        }
+        for e in ops
+    ]
+    print(f"  parts of one step (ms): {parts}")
+    print(f"  {'operator':<40} {'self ms':>9} {'calls':>6} {'share':>6}")
+    for r in table:
+        print(f"  {r['op']:<40} {r['self_ms']:>9} {r['calls']:>6} {r['share']:>6.1%}")
+    return {"total_ms": round(total, 1), "parts_ms": parts, "top_ops": table}
+
+
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--presets", default="tiny,base")
+    p.add_argument("--anchor", help="a checkout of the seed system: time its MAE beside ours at token width 1024")
+    p.add_argument("--repeats", type=int, default=5, help="alternating repeats with --anchor")
+    p.add_argument("--no-profile", action="store_true", help="skip the profile of each MAE step")
     p.add_argument("--out", default="benchmarks/results/models.json")
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = []
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rows, profiles = [], {}
     for preset in a.presets.split(","):
         for kind in ("mae", "inpaint"):
             # bf16 on this CPU has no native support and is several times slower: measured on tiny only
@@ -90,7 +188,28 @@ def main() -> None:
                         row["ratio_to_target"] = round(a.batch / t / target, 2)
                     print(row, flush=True)
                     rows.append(row)
-    write_json(a.out, {"device": device, "batch": a.batch, "results": rows})
+                    if kind == "mae" and not amp and not comp and not a.no_profile:
+                        print(f"where a step of the {preset} MAE spends its time (batch {a.batch}):")
+                        profiles[f"mae_{preset}"] = profile_step(step)
+    result = {"device": device, "batch": a.batch, "results": rows, "profiles": profiles}
+    if a.anchor:
+        ours, n_ours = make_step("mae", "base", device, a.batch, False, False)
+        seed, n_seed = make_anchor_step(a.anchor, device, a.batch)
+        times = alternate({"seed": seed, "xecbench": ours}, a.repeats, sync)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = med["seed"] / med["xecbench"]
+        result["side_by_side"] = {
+            "what": f"MAE training step at token width 1024, batch {a.batch}, AdamW, fp32, timed in alternation",
+            "seed_params": n_seed,
+            "xecbench_params": n_ours,
+            "seed_events_per_s": [round(a.batch / t, 2) for t in times["seed"]],
+            "xecbench_events_per_s": [round(a.batch / t, 2) for t in times["xecbench"]],
+            "ratio_of_medians": round(ratio, 3),
+            "target": ">= 2.0 (speed issue)",
+            "pass": ratio >= 2.0,
+        }
+        print(f"{'PASS' if ratio >= 2 else 'FAIL'}  xecbench base / seed MAE at token width 1024: {ratio:.2f}x")
+    write_json(a.out, result)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from xecbench import geometry as geo
+from xecbench.baselines import npho_estimates
 from xecbench.eval import metrics_by_face, neighbour_average, residual_stats, solid_angle_estimate, solid_angles
 
 
@@ -30,6 +31,32 @@ def test_neighbour_average_skips_hidden_and_reports_missing():
     usable[0, 44] = False
     est, ok = neighbour_average(v, usable, radius=1.6, max_k=4)
     assert not ok[0, 0] and est[0, 0].item() == 0.0
+
+
+def test_neighbour_estimates_match_a_loop_over_the_neighbour_lists():
+    """The vectorised gathers against a plain loop over geometry.neighbours, with NaN and the raw
+    invalid marker at unusable sensors (they must not leak into any estimate)."""
+    g = torch.Generator().manual_seed(1)
+    npho = torch.rand(2, 4760, generator=g, dtype=torch.float64) * 1000.0
+    usable = torch.rand(2, 4760, generator=g) > 0.3
+    npho[~usable] = float("nan")
+    npho[0, ~usable[0]] = 1e10
+    source = torch.tensor([[-75.0, 5.0, 3.0], [-70.0, -20.0, -10.0]], dtype=torch.float64)
+    omega = solid_angles(source)
+    average, by_angle, has = npho_estimates(npho, usable, source)
+    nb_avg, nb_has = neighbour_average(npho, usable)
+    table = geo.neighbours(11.0, 8)
+    for b in range(2):
+        for i in list(range(0, 4760, 37)) + [4742, 4759]:
+            js = [j for j in table[i] if j >= 0 and usable[b, j]]
+            if not js:
+                assert not has[b, i] and not nb_has[b, i] and average[b, i] == 0.0
+                continue
+            light, seen = sum(npho[b, j].item() for j in js), sum(omega[b, j].item() for j in js)
+            assert average[b, i].item() == pytest.approx(light / len(js), rel=1e-12)
+            assert nb_avg[b, i].item() == pytest.approx(light / len(js), rel=1e-12)
+            expected = omega[b, i].item() * light / seen if seen > 0 else light / len(js)
+            assert by_angle[b, i].item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_solid_angle_estimate_is_exact_for_a_point_source():

@@ -131,3 +131,29 @@ def test_from_mae_state_dict():
     inp = XECInpainter.from_mae(mae.state_dict())
     for (n1, p1), (n2, p2) in zip(mae.encoder.state_dict().items(), inp.encoder.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)
+
+
+@pytest.mark.parametrize("kind", ["inpainter", "mae"])
+def test_heads_at_the_sensors_to_fill_equal_the_dense_heads(kind):
+    """``predict(..., at=fill)`` runs the grid heads on 5x5 patches around the sensors to fill; the
+    dense convolutions are the reference. The heads' output layers get random weights (a trained
+    model's are not zero), and the sensors to fill include face edges and corners (zero padding)
+    and the outer face's centre patch (cells shared by several sensors)."""
+    torch.manual_seed(0)
+    mae = XECMAE()
+    model = XECInpainter(mae.encoder) if kind == "inpainter" else mae
+    for head in model.refiner.heads.values():
+        torch.nn.init.normal_(head.out.weight, std=0.3)
+        torch.nn.init.normal_(head.out.bias, std=0.3)
+    model.eval()
+    x, valid, tv = _batch()
+    fill = random_hidden(valid, 0.02) | ~valid
+    edges = [0, 43, 44 * 92, 4091, 2000, 4092, 4307, 4742, 4759, 4308, 4451, 4452, 4595, 4596, 4741]
+    fill[0, edges] = True
+    masks = SensorMask(valid, tv, fill)
+    with torch.no_grad():
+        dense = model.predict(x, masks)
+        sparse = model.predict(x, masks, at=fill)
+        uncorrected = model.predict(x, masks, at=torch.zeros_like(fill))
+    assert torch.allclose(sparse[fill], dense[fill], atol=1e-5)
+    assert (uncorrected[fill] - dense[fill]).abs().amax() > 0.05  # the heads do correct those sensors

@@ -21,12 +21,36 @@ from . import geometry as geo
 
 
 @cache
-def _table(radius: float, max_k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded same-face neighbour table (ids, -1 -> 0) and where a neighbour exists, built once per
-    device (the inpainter uses the baselines inside its forward pass, on the GPU too)."""
-    nb = torch.as_tensor(np.array(geo.neighbours(radius, max_k)), device=device)
-    exists = nb >= 0
-    return nb.clamp(min=0), exists
+def _table(radius: float, max_k: int, device: torch.device) -> torch.Tensor:
+    """The padded same-face neighbour table ``(K, N)``, transposed so that each neighbour slot is
+    one contiguous id list; a missing neighbour points at the spare all-zero row ``N`` that
+    :func:`neighbour_sums` appends. Built once per device (the inpainter uses the baselines inside
+    its forward pass, on the GPU too)."""
+    nb = torch.as_tensor(np.array(geo.neighbours(radius, max_k)))
+    return torch.where(nb >= 0, nb, nb.shape[0]).T.contiguous().to(device)
+
+
+def neighbour_sums(values: torch.Tensor, radius: float = 11.0, max_k: int = 8) -> torch.Tensor:
+    """Sum of ``values (B, 4760, C)`` over each sensor's same-face neighbours within ``radius`` cm
+    -> ``(B, 4760, C)``. Zero the sensors that must not count before calling."""
+    B, N, C = values.shape
+    table = _table(radius, max_k, values.device)  # (K, N)
+    # sensors first, so that a gather copies whole rows of B * C numbers (an index over the
+    # sensor axis of (B, N) is several times slower); one gather per neighbour slot serves all C
+    # quantities and never materialises the (N, K, B * C) block
+    rows = torch.cat([values.permute(1, 0, 2).reshape(N, B * C), values.new_zeros(1, B * C)])
+    sums = rows.index_select(0, table[0])
+    for ids in table[1:]:
+        sums += rows.index_select(0, ids)
+    return sums.view(N, B, C).permute(1, 0, 2)
+
+
+def _usable_sums(usable: torch.Tensor, *values: torch.Tensor, radius: float, max_k: int) -> torch.Tensor:
+    """``(B, 4760, 1 + len(values))``: the number of usable neighbours, then the sum of each of
+    ``values (B, 4760)`` over them (unusable sensors may hold anything, NaN included)."""
+    u = usable.to(values[0].dtype)
+    parts = [u, *(torch.where(usable, v, 0.0) for v in values)]
+    return neighbour_sums(torch.stack(parts, dim=-1), radius, max_k)
 
 
 def neighbour_average(
@@ -37,11 +61,9 @@ def neighbour_average(
     values ``(B, 4760)`` raw (npho or time), usable ``(B, 4760)`` bool. Returns the estimate
     ``(B, 4760)`` (0 where no neighbour is usable) and ``(B, 4760)`` bool: an estimate exists.
     """
-    nb, exists = _table(radius, max_k, values.device)  # (N, K)
-    ok = usable[:, nb] & exists  # (B, N, K)
-    v = torch.where(ok, values[:, nb], 0.0)
-    count = ok.sum(-1)
-    return v.sum(-1) / count.clamp(min=1), count > 0
+    s = _usable_sums(usable, values, radius=radius, max_k=max_k)
+    count = s[..., 0]
+    return s[..., 1] / count.clamp(min=1), count > 0
 
 
 @cache
@@ -73,6 +95,27 @@ def estimate_source(npho: torch.Tensor, usable: torch.Tensor, top_k: int = 10, d
     return centre + depth * normal
 
 
+def npho_estimates(
+    npho: torch.Tensor,
+    usable: torch.Tensor,
+    source: torch.Tensor | None = None,
+    radius: float = 11.0,
+    max_k: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both classical npho estimates from one pass over the neighbours: the neighbour average, the
+    solid-angle estimate (:func:`solid_angle_estimate`) and whether an estimate exists, each
+    ``(B, 4760)``."""
+    if source is None:
+        source = estimate_source(npho, usable)
+    omega = solid_angles(source)  # (B, N)
+    s = _usable_sums(usable, npho, omega, radius=radius, max_k=max_k)
+    count, light, seen = s.unbind(-1)
+    average = light / count.clamp(min=1)
+    sees = seen > 0
+    by_angle = torch.where(sees, omega * light / torch.where(sees, seen, 1.0), average)
+    return average, by_angle, count > 0
+
+
 def solid_angle_estimate(
     npho: torch.Tensor,
     usable: torch.Tensor,
@@ -87,13 +130,5 @@ def solid_angle_estimate(
     usable neighbour sees the source (the sensors facing away from it) the neighbour average is
     used. Returns the estimate and whether one exists (any usable neighbour).
     """
-    if source is None:
-        source = estimate_source(npho, usable)
-    omega = solid_angles(source)  # (B, N)
-    nb, exists = _table(radius, max_k, npho.device)
-    ok = usable[:, nb] & exists
-    light = torch.where(ok, npho[:, nb], 0.0).sum(-1)
-    seen = torch.where(ok, omega[:, nb], 0.0).sum(-1)
-    sees = seen > 0
-    average, has = neighbour_average(npho, usable, radius, max_k)
-    return torch.where(sees, omega * light / torch.where(sees, seen, 1.0), average), has
+    _, by_angle, has = npho_estimates(npho, usable, source, radius, max_k)
+    return by_angle, has

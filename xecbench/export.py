@@ -22,7 +22,7 @@ import torch
 
 from .data.io import atomic_path
 from .geometry import N_CHANNELS
-from .nn.deploy import RawRegressor
+from .nn.deploy import RawInpainter, RawRegressor
 
 FORMATS = ("torchscript", "onnx")
 
@@ -73,6 +73,8 @@ def export_model(
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     module, info = deployable(checkpoint, weights)
+    if isinstance(module, RawInpainter):
+        module.sparse = False  # a graph with fixed shapes (the sparse heads' cell count depends on the data)
     inputs = example_inputs(module)
     names = list(info["inputs"])
     info["format"] = fmt

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from ..baselines import neighbour_average, solid_angle_estimate
+from ..baselines import npho_estimates
 from ..data import EventDataset
 from ..nn import SensorMask, random_hidden
 from .metrics import metrics_by_face
@@ -50,8 +50,9 @@ def compare_inpainting(
         raw = norm.npho_inverse(torch.where(valid, x[..., 0], 0.0).double())
         usable = masks.visible
         preds["model"].append(norm.npho_inverse(pred[..., 0].double().cpu()))
-        preds["neighbour_average"].append(neighbour_average(raw, usable)[0])
-        preds["solid_angle"].append(solid_angle_estimate(raw, usable)[0])
+        average, by_angle, _ = npho_estimates(raw, usable)
+        preds["neighbour_average"].append(average)
+        preds["solid_angle"].append(by_angle)
         if floor:
             preds["oracle"].append(b["nphoExpected"].double())
         truths.append(raw)

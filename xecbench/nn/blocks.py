@@ -41,9 +41,10 @@ class GRN(nn.Module):
     def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
         spatial = tuple(range(1, x.dim() - 1))
         xv = x if visible is None else x * visible
-        # vector_norm, not pow(2).sum().sqrt(): its gradient at an all-zero (fully hidden) sample is
-        # 0, where the square root's is infinite and 0 * inf poisons every earlier layer with NaN
-        gx = torch.linalg.vector_norm(xv, dim=spatial, keepdim=True)  # (B, 1.., C)
+        # the square root's gradient at an all-zero (fully hidden) sample is infinite, and 0 * inf
+        # poisons every earlier layer with NaN: the clamp's zero gradient below 1e-24 stops it there.
+        # (linalg.vector_norm is safe too, but 5x slower on CPU over these non-contiguous dims.)
+        gx = xv.pow(2).sum(dim=spatial, keepdim=True).clamp(min=1e-24).sqrt()  # (B, 1.., C)
         nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
         return self.gamma * (x * nx) + self.beta + x
 

@@ -31,20 +31,25 @@ def _check_sensors(sensors: torch.Tensor) -> None:
 
 class RawInpainter(nn.Module):
     """An inpainter (or an MAE) that fills sensors in raw units. ``fill_time=False`` keeps the input
-    time everywhere (for a model trained without a time loss)."""
+    time everywhere (for a model trained without a time loss).
 
-    def __init__(self, model: nn.Module, normalizer: Normalizer, fill_time: bool = True):
+    ``sparse=True`` runs the full-resolution heads only around the sensors to fill (the same values,
+    many times faster when few are filled); an exported graph uses ``sparse=False``, whose shapes do
+    not depend on the data."""
+
+    def __init__(self, model: nn.Module, normalizer: Normalizer, fill_time: bool = True, sparse: bool = True):
         super().__init__()
         if not hasattr(model, "predict"):
             raise TypeError(f"RawInpainter needs a model with predict(x, masks), got {type(model).__name__}")
-        self.model, self.normalizer, self.fill_time = model, normalizer, fill_time
+        self.model, self.normalizer, self.fill_time, self.sparse = model, normalizer, fill_time, sparse
 
     def forward(self, sensors: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
         """sensors ``(B, 4760, 2)`` raw, fill ``(B, 4760)`` bool or 0/1 -> ``(B, 4760, 2)`` raw."""
         _check_sensors(sensors)
         fill = fill > 0.5 if fill.is_floating_point() else fill.bool()
         x, valid, time_valid = self.normalizer(sensors[..., 0], sensors[..., 1])
-        pred = self.model.predict(x, SensorMask(valid, time_valid, fill))  # (B, 4760, 2) normalised
+        at = fill if self.sparse else None
+        pred = self.model.predict(x, SensorMask(valid, time_valid, fill), at)  # (B, 4760, 2) normalised
         npho, time = self.normalizer.inverse(pred.float())
         filled = torch.stack([npho, time if self.fill_time else sensors[..., 1].float()], dim=-1)
         return torch.where(fill[..., None], filled.to(sensors.dtype), sensors)

@@ -93,9 +93,10 @@ class XECInpainter(nn.Module):
             self.encoder.eval()  # frozen: no dropout / drop-path, fixed statistics
         return self
 
-    def predict(self, x: torch.Tensor, masks: SensorMask) -> torch.Tensor:
-        """Predictions ``(B, 4760, 2)`` at every sensor from the visible ones (no loss, no gather)."""
-        return self.refiner(x, masks, self.encoder(x, masks)["tokens"])
+    def predict(self, x: torch.Tensor, masks: SensorMask, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions ``(B, 4760, 2)`` at every sensor from the visible ones (no loss, no gather).
+        ``at (B, 4760)`` bool: exact only there, much faster (see :class:`.refine.Refiner`)."""
+        return self.refiner(x, masks, self.encoder(x, masks)["tokens"], at=at)
 
     def forward(self, x: torch.Tensor, masks: SensorMask, capacity: int) -> InpaintOutput:
         """x ``(B, 4760, 2)`` normalised. The heads fill every sensor the encoder may not see

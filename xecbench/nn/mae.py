@@ -121,7 +121,7 @@ class XECMAE(nn.Module):
         cells = self.cells if self.cfg.mask_unit == "cell" else None
         return SensorMask(valid, time_valid, random_hidden(valid, ratio, generator, cells))
 
-    def decode(self, x: torch.Tensor, masks: SensorMask, enc: dict) -> torch.Tensor:
+    def decode(self, x: torch.Tensor, masks: SensorMask, enc: dict, at: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output -> predictions ``(B, 4760, 2)`` at every sensor: the coarse decoders' features
         per face, refined at full resolution from the visible sensors of ``x``."""
         tokens = enc["tokens"]
@@ -129,7 +129,7 @@ class XECMAE(nn.Module):
             face: self.decoders[face](enc["features"][face], enc["masks"][face], tokens[:, k])
             for k, face in enumerate(geo.FACES)
         }
-        return self.refiner(x, masks, tokens, coarse)
+        return self.refiner(x, masks, tokens, coarse, at)
 
     def forward(self, x: torch.Tensor, masks: SensorMask) -> MAEOutput:
         """x ``(B, 4760, 2)`` normalised; ``masks`` says what is hidden (:meth:`draw_masks`)."""
@@ -138,9 +138,10 @@ class XECMAE(nn.Module):
         loss, per_face = self.loss(pred, x, masks)
         return MAEOutput(pred=pred, masks=masks, loss=loss, loss_per_face=per_face)
 
-    def predict(self, x: torch.Tensor, masks: SensorMask) -> torch.Tensor:
-        """Predictions ``(B, 4760, 2)`` at every sensor from the visible ones (no loss)."""
-        return self.decode(x, masks, self.encoder(x, masks))
+    def predict(self, x: torch.Tensor, masks: SensorMask, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions ``(B, 4760, 2)`` at every sensor from the visible ones (no loss).
+        ``at (B, 4760)`` bool: exact only there, much faster (see :class:`.refine.Refiner`)."""
+        return self.decode(x, masks, self.encoder(x, masks), at)
 
     def loss(
         self, pred: torch.Tensor, target: torch.Tensor, masks: SensorMask
