@@ -1,71 +1,193 @@
 """The data path from a ROOT file to training batches: read (uproot), normalise, batch, in events/s.
 
-Writes a simulated file of ``--events`` events, then times ``make_loader(RootStream(file), batch)``
-end to end (every batch touched, as a training loop would) with 0 workers (all in the main process),
-and with 1 and 2 worker processes. The speed issue's target: 20,000 events/s per core, so that one
-CPU worker keeps a GPU fed at the ``base`` size (about 10^3 events/s of training).
+Writes ``--events`` simulated events twice, as the project's writer does by default (ZLIB level 1,
+uproot's default) and with LZ4, then for each file:
 
-    python benchmarks/bench_data.py                  # 20,000 events
+* profiles one DataLoader worker streaming it (cProfile inside the worker) and prints where the time
+  goes per event: the codec's decompression, the rest of uproot's reading, the normalisation, the
+  batch tensors, sending them to the main process;
+* times ``make_loader(RootStream(file), batch)`` end to end (every batch touched, as a training loop
+  would) with 0 workers (all in the main process), 1 and 2 worker processes, as events/s of wall
+  time and per CPU second of the loading processes (the rate of one free core: on a shared machine
+  wall time says little).
+
+The speed issue's target: 20,000 events/s per core, so that one CPU worker keeps a GPU fed at the
+``base`` size (about 10^3 events/s of training).
+
+    python benchmarks/bench_data.py                  # 20,000 events, about a minute once the files exist
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
+import resource
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import uproot
+from torch.utils.data import DataLoader, IterableDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_json  # noqa: E402
 
-from xecbench.data import RootStream, make_loader, simulate, write_root  # noqa: E402
+from xecbench.data import RootStream, iter_root, make_loader, simulate, write_root  # noqa: E402
+
+CODECS = {"zlib": uproot.ZLIB(1), "lz4": uproot.LZ4(1)}
+TARGET = 20_000  # events/s per core
+# the functions of the codecs' own libraries (cProfile names them so)
+DECOMPRESSORS = ("zlib.decompress", "decompress_block", "lz4.block", "cramjam", "zstd")
 
 
-def events_per_second(path: Path, batch: int, workers: int, step_size: int) -> float:
+def write_files(directory: Path, n_events: int, basket: int) -> dict[str, Path]:
+    """The simulated file in each codec (written once: later runs reuse them), ``basket`` events per
+    basket as ``xecbench simulate`` writes them. The LZ4 file holds the ZLIB file's events."""
+    paths = {codec: directory / f"events_{codec}_{n_events}.root" for codec in CODECS}
+    if not paths["zlib"].is_file():
+        chunks = (simulate(min(basket, n_events - s), seed=3, start=s) for s in range(0, n_events, basket))
+        write_root(paths["zlib"], chunks, compression=CODECS["zlib"])
+    for codec, path in paths.items():
+        if not path.is_file():
+            write_root(path, iter_root(paths["zlib"], step_size=basket), compression=CODECS[codec])
+    return paths
+
+
+class ProfiledStream(IterableDataset):
+    """A batched stream whose worker profiles itself from its first batch to its last and then writes
+    the statistics to ``out`` (the sending of each batch to the main process is inside the profile:
+    the worker does it while the stream is suspended)."""
+
+    def __init__(self, stream: RootStream, out: Path):
+        self.stream, self.out = stream, out
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            yield from self.stream
+        finally:
+            prof.disable()
+            prof.dump_stats(self.out)
+
+
+def profile_worker(path: Path, batch: int, step_size: int) -> dict[str, dict[str, float]]:
+    """Where one worker's time goes, per stage: seconds, microseconds per event, share."""
+    stream = RootStream(path, step_size=step_size).batched(batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "worker.prof"
+        loader = DataLoader(ProfiledStream(stream, out), batch_size=None, num_workers=1)
+        n = sum(len(b["x"]) for b in loader)
+        profile = pstats.Stats(str(out))
+    total = profile.total_tt  # the worker's whole time from its first batch to its last
+    stats = profile.stats  # {(file, line, name): (primitive calls, calls, tottime, cumtime, callers)}
+    tot = {f"{Path(k[0]).name}:{k[2]}": 0.0 for k in stats}
+    cum = dict(tot)
+    for (file, _, name), (_, _, tt, ct, _) in stats.items():
+        key = f"{Path(file).name}:{name}"
+        tot[key] += tt
+        cum[key] = max(cum[key], ct)
+    decompress = sum(t for k, t in tot.items() if any(d in k for d in DECOMPRESSORS))
+    read = cum.get("io.py:iter_root", 0.0)
+    normalise = cum.get("normalize.py:normalize_into", 0.0)
+    allocate = cum.get("dataset.py:_empty_batch", 0.0)
+    stages = {
+        "decompression (codec library)": decompress,
+        "uproot, rest of reading (join, byte order, copies)": read - decompress,
+        "normalisation (and first touch of the batch's pages)": normalise,
+        "batch tensors (allocation)": allocate,
+        "sending to the main process, rest": total - read - normalise - allocate,
+    }
+    return {
+        k: {"s": round(s, 3), "us_per_event": round(s / n * 1e6, 1), "share": round(s / total, 3)}
+        for k, s in stages.items()
+    } | {"total": {"s": round(total, 3), "us_per_event": round(total / n * 1e6, 1), "share": 1.0}}
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds of this process and of its finished children (the DataLoader's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def events_per_second(path: Path, batch: int, workers: int, step_size: int) -> dict[str, int]:
+    """The loader's rates: ``wall`` (events per second of wall time) and ``per_core`` (events per CPU
+    second of the processes that load: the workers, or the main process when there are none; what
+    one core would do if it were free). ``main_us_per_event``: the main process's own CPU per event."""
     loader = make_loader(RootStream(path, step_size=step_size), batch_size=batch, num_workers=workers)
     n, total = 0, 0.0
-    t0 = time.perf_counter()
+    (main0, workers0), t0 = cpu_seconds(), time.perf_counter()
     for b in loader:
         n += len(b["x"])
         total += float(b["x"][:, 0, 0].sum())  # touch every batch
-    return n / (time.perf_counter() - t0)
+    # the exhausted loader has joined its workers, so their CPU time is in RUSAGE_CHILDREN now
+    wall = time.perf_counter() - t0
+    main, loading = (c - c0 for c, c0 in zip(cpu_seconds(), (main0, workers0), strict=True))
+    return {
+        "wall": round(n / wall),
+        "per_core": round(n / (loading if workers else main)),
+        "main_us_per_event": round(main / n * 1e6, 1),
+    }
+
+
+def print_profile(codec: str, profile: dict[str, dict[str, float]]) -> None:
+    print(f"\none worker, {codec} file: where the time goes")
+    print(f"  {'stage':54s} {'us/event':>9s} {'share':>6s}")
+    for stage, row in profile.items():
+        print(f"  {stage:54s} {row['us_per_event']:9.1f} {row['share']:6.0%}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--step-size", type=int, default=2000, help="events per uproot chunk")
-    p.add_argument("--file", default="runs/bench_data/events.root")
+    p.add_argument(
+        "--step-size", type=int, default=4096, help="events per chunk: the files' basket size, as advised for streams"
+    )
+    p.add_argument("--dir", default="runs/bench_data", help="where the simulated files are written (once)")
     p.add_argument("--out", default="benchmarks/results/data.json")
     a = p.parse_args()
 
-    path = Path(a.file)
-    if not path.is_file():
-        write_root(path, (simulate(min(4096, a.events - s), seed=3, start=s) for s in range(0, a.events, 4096)))
-    rows = {}
-    for workers in (0, 1, 2):
-        rate = events_per_second(path, a.batch, workers, a.step_size)
-        rows[f"workers={workers}"] = round(rate)
-        print(f"num_workers={workers}: {rate:,.0f} events/s", flush=True)
-    # with no worker the main process does everything on (up to) all cores' threads; a worker is one core
-    per_core = rows["workers=1"]
-    targets = {
-        "ROOT -> batches, one worker": {"value": per_core, "target": ">= 20000 events/s", "pass": per_core >= 20000}
-    }
+    paths = write_files(Path(a.dir), a.events, basket=4096)
+    files, profiles, rates, targets = {}, {}, {}, {}
+    for codec, path in paths.items():
+        files[codec] = {"codec": str(CODECS[codec]), "mb": round(path.stat().st_size / 1e6, 1)}
+        profiles[codec] = profile_worker(path, a.batch, a.step_size)
+        print_profile(codec, profiles[codec])
+        decompress_us = profiles[codec]["decompression (codec library)"]["us_per_event"]
+        files[codec]["decompression_alone_events_per_s"] = round(1e6 / decompress_us) if decompress_us else None
+        rates[codec] = {}
+        for workers in (0, 1, 2):
+            r = events_per_second(path, a.batch, workers, a.step_size)
+            rates[codec][f"workers={workers}"] = r
+            print(
+                f"{codec} num_workers={workers}: {r['wall']:,} events/s wall, {r['per_core']:,} per loading core"
+                f" (main process {r['main_us_per_event']} us/event)"
+            )
+        one = rates[codec]["workers=1"]
+        targets[f"ROOT ({codec}) -> batches, one worker, per core"] = {
+            "value": one["per_core"],
+            "wall": one["wall"],
+            "target": f">= {TARGET} events/s",
+            "pass": one["per_core"] >= TARGET,
+        }
     for k, v in targets.items():
         print(f"{'PASS' if v['pass'] else 'FAIL'}  {k}: {v}")
     write_json(
         a.out,
         {
-            "what": "RootStream + make_loader, read + normalise + batch",
+            "what": "RootStream + make_loader, read + normalise + batch; profile: inside one DataLoader worker",
             "events": a.events,
             "batch": a.batch,
             "step_size": a.step_size,
             "threads": torch.get_num_threads(),
-            "events_per_s": rows,
+            "files": files,
+            "profile_one_worker": profiles,
+            "events_per_s": rates,
             "targets": targets,
         },
     )

@@ -1,5 +1,6 @@
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from xecbench.data import EventDataset, Normalizer, RootStream, SimulatedStream, make_loader, write_root
 
@@ -42,3 +43,81 @@ def test_root_stream_equals_in_memory(tmp_path, events):
     assert len(streamed) == len(mem) == 300
     assert all(torch.equal(streamed[i], mem[i]["x"]) for i in (0, 63, 64, 299))
     assert np.array_equal(mem.tensors["event"].numpy(), np.arange(300))
+
+
+# ------------------------------------------------------------------------------------------
+# RootStream's batches: against a slow reference built event by event
+# ------------------------------------------------------------------------------------------
+
+
+def _reference_events(events: dict, idx) -> dict[str, torch.Tensor]:
+    """The items a stream must deliver for the events ``idx``, built the slow way: each event
+    normalised on its own by the reference normaliser, then stacked."""
+    norm = Normalizer()
+    xs, valid, time_valid = zip(*(norm(events["npho"][i], events["relative_time"][i]) for i in idx), strict=True)
+    out = {"x": torch.stack(xs), "valid": torch.stack(valid), "time_valid": torch.stack(time_valid)}
+    for k in ("energyTruth", "xyzTruth", "event", "run"):
+        out[k] = torch.as_tensor(events[k][list(idx)])
+    return out
+
+
+def _same(batch: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> bool:
+    """Equal keys present in ``ref``, shapes, dtypes and bits (x compared as int32 patterns)."""
+    bits = lambda t: t.contiguous().view(torch.int32) if t.dtype == torch.float32 else t  # noqa: E731
+    return all(batch[k].dtype == v.dtype and torch.equal(bits(batch[k]), bits(v)) for k, v in ref.items())
+
+
+def _chunk_order(n_events: int, step: int, batch: int, workers: int) -> list[list[int]]:
+    """The event ids of each batch, in the order the loader hands them out, by the documented rule:
+    chunk k of ``step`` events goes to worker k % W, each worker batches its own events in order (its
+    last batch short), the loader takes a batch from each worker in turn."""
+    own = [[] for _ in range(workers)]
+    for k, start in enumerate(range(0, n_events, step)):
+        own[k % workers].extend(range(start, min(start + step, n_events)))
+    per_worker = [[ids[i : i + batch] for i in range(0, len(ids), batch)] for ids in own]
+    order = []
+    for j in range(max(len(b) for b in per_worker)):
+        order += [b[j] for b in per_worker if j < len(b)]
+    return order
+
+
+def test_root_stream_batches_equal_the_per_event_reference(tmp_path, events):
+    path = write_root(tmp_path / "s.root", events)
+    batches = list(make_loader(RootStream(path, step_size=64), batch_size=32))
+    # the file in order, 32 at a time across the 64-event chunks, the last batch short (300 = 9 * 32 + 12)
+    assert [len(b["x"]) for b in batches] == [32] * 9 + [12]
+    for j, b in enumerate(batches):
+        assert _same(b, _reference_events(events, range(32 * j, min(32 * j + 32, 300)))), j
+    # no per-sensor truth unless asked (training does not need it), the event-level truth is there
+    event_truth = {k for k in events if k not in ("npho", "relative_time", "nphoExpected")}
+    assert set(batches[0]) == {"x", "valid", "time_valid", *event_truth}
+    assert len(list(make_loader(RootStream(path, step_size=64), batch_size=32, drop_last=True))) == 9
+
+
+def test_root_stream_two_workers_each_event_exactly_once(tmp_path, events):
+    path = write_root(tmp_path / "s.root", events)
+    batches = list(make_loader(RootStream(path, step_size=64), batch_size=32, num_workers=2))
+    ids = [b["event"].tolist() for b in batches]
+    assert sorted(i for b in ids for i in b) == list(range(300))  # each event once
+    assert ids == _chunk_order(300, 64, 32, 2)  # worker 0: chunks 0, 2, 4 (172 events), worker 1: 1, 3
+    for b, want in zip(batches, ids, strict=True):
+        assert _same(b, _reference_events(events, want))
+
+
+def test_root_stream_batches_equal_what_a_dataloader_collates(tmp_path, events):
+    # the stream's own batches are exactly the DataLoader's collation of its single events
+    path = write_root(tmp_path / "s.root", events)
+    for workers in (0, 2):
+        ours = list(make_loader(RootStream(path, step_size=100), batch_size=48, num_workers=workers))
+        collated = list(DataLoader(RootStream(path, step_size=100), batch_size=48, num_workers=workers))
+        assert len(ours) == len(collated)
+        assert all(set(a) == set(b) and _same(a, b) for a, b in zip(ours, collated, strict=True))
+
+
+def test_root_stream_truth_branches_on_request(tmp_path, events):
+    path = write_root(tmp_path / "s.root", events)
+    with_sensor = next(iter(make_loader(RootStream(path, sensor_truth=True), batch_size=8)))
+    assert torch.equal(with_sensor["nphoExpected"], torch.as_tensor(events["nphoExpected"][:8]))
+    named = next(iter(make_loader(RootStream(path, truth=["nphoExpected", "energyTruth"]), batch_size=8)))
+    assert set(named) == {"x", "valid", "time_valid", "nphoExpected", "energyTruth"}
+    assert "nphoExpected" not in next(iter(make_loader(RootStream(path), batch_size=8)))

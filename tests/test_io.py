@@ -176,3 +176,34 @@ def test_temporaries_of_a_killed_write_are_removed(tmp_path, events):
         p.write_bytes(b"half")
     save_npz(tmp_path / "a.npz", _small(events))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.npz", live.name, other.name])
+
+
+def test_shards_split_the_chunks_without_reading_the_others(tmp_path, events):
+    path = write_root(tmp_path / "sim.root", events)
+    whole = list(iter_root(path, step_size=64))
+    shards = [list(iter_root(path, step_size=64, shard=(k, 3))) for k in range(3)]
+    # shard k holds chunks k, k + 3, ... of the unsharded read, the same arrays
+    assert [len(s) for s in shards] == [2, 2, 1]
+    for k, shard in enumerate(shards):
+        for chunk, want in zip(shard, whole[k::3], strict=True):
+            assert chunk.keys() == want.keys() and all(np.array_equal(chunk[b], want[b]) for b in want)
+    assert list(iter_root(path, step_size=64, entry_stop=100, shard=(1, 2)))[0]["npho"].shape == (36, 4760)
+    with pytest.raises(ValueError, match="shard must be"):
+        next(iter_root(path, shard=(2, 2)))
+
+
+def test_truth_branches_per_sensor_only_when_asked(tmp_path, events):
+    path = write_root(tmp_path / "sim.root", _small(events))
+    assert "nphoExpected" in next(iter_root(path))  # read_root's default: everything the file has
+    lean = next(iter_root(path, sensor_truth=False))
+    assert "nphoExpected" not in lean and "energyTruth" in lean and "uvwTruth" in lean
+    assert "nphoExpected" in next(iter_root(path, sensor_truth=False, truth=["nphoExpected"]))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "none"])
+def test_write_root_with_another_codec(tmp_path, events, codec):
+    compression = uproot.LZ4(1) if codec == "lz4" else None
+    path = write_root(tmp_path / f"{codec}.root", _small(events), compression=compression)
+    back = read_root(path)
+    assert all(np.array_equal(back[k], v) for k, v in _small(events).items())
+    assert uproot.open(path).file.compression == compression

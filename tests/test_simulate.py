@@ -118,3 +118,81 @@ def test_npho_is_a_poisson_draw_of_the_expected_count(events):
     assert abs(pull.mean()) < 0.05 and abs(pull.var() - 1) < 0.05
     dim = (n < 9e9) & (mu < 0.5)
     assert abs(n[dim].mean() - mu[dim].mean()) < 0.05 * max(mu[dim].mean(), 0.01) + 0.01
+
+
+# --- independent references (numpy float64, straight from the physics the module docstring states)
+
+
+def _sensor_geometry():
+    return (
+        geo.sensor_positions().astype(np.float64),
+        geo.sensor_normals().astype(np.float64),
+        geo.sensor_areas().astype(np.float64),
+    )
+
+
+def test_expected_light_is_the_solid_angle_formula():
+    # one light point per shower: it is the conversion point, which the truth records
+    cfg = SimConfig(n_points=1, dead_channels=None)
+    ev = simulate(64, seed=5, config=cfg)
+    pos, nrm, area = _sensor_geometry()
+    diff = ev["xyzTruth"].astype(np.float64)[:, None, :] - pos[None]  # (E, N, 3) sensor -> point
+    d2 = np.maximum((diff**2).sum(-1), 1.0)
+    cos_d = np.maximum((diff * nrm[None]).sum(-1), 0.0)  # d cos(incidence); 0 for light from behind
+    ref = cfg.light_yield * ev["energyTruth"][:, None] * area / (4 * np.pi) * cos_d / d2**1.5
+    # float32 |s|^2 + |p|^2 - 2 p.s loses ~1e-3 relative on the nearest sensors
+    assert np.allclose(ev["nphoExpected"], ref, rtol=5e-3, atol=1e-3 * ref.max())
+    assert np.array_equal(ev["nphoExpected"] == 0, ref == 0)
+
+
+def test_times_are_flight_from_the_conversion_plus_jitter_scaled_by_npho():
+    cfg = SimConfig()
+    ev = simulate(256, seed=7, config=cfg)
+    pos, _, _ = _sensor_geometry()
+    dist = np.sqrt(np.maximum(((ev["xyzTruth"].astype(np.float64)[:, None] - pos[None]) ** 2).sum(-1), 1.0))
+    t_ref = ev["timeTruth"][:, None] + dist / C_LXE
+    ok = ev["relative_time"] < 9e9
+    sigma = cfg.time_jitter * np.sqrt(cfg.time_threshold / ev["npho"][ok])
+    pull = (ev["relative_time"][ok] - t_ref[ok]) / sigma  # standard normal if sigma is right
+    assert ok.sum() > 20_000
+    assert abs(pull.mean()) < 0.02 and abs(pull.std() - 1) < 0.03
+    # without jitter the time is exactly the conversion time plus the light's flight
+    ev0 = simulate(64, seed=7, config=SimConfig(time_jitter=0.0))
+    ok0 = ev0["relative_time"] < 9e9
+    assert np.array_equal(ok0, ok[:64])  # the jitter does not change the counts
+    assert np.allclose(ev0["relative_time"][ok0], t_ref[:64][ok0], rtol=0, atol=2e-4)
+
+
+def test_fixed_and_random_dead_channels_combine():
+    ev = simulate(128, seed=2, config=SimConfig(random_dead_fraction=0.1))
+    dead = dead_channel_map()
+    bad_n, bad_t = ev["npho"] > 9e9, ev["relative_time"] > 9e9
+    assert bad_n[:, dead].all() and bad_t[:, dead].all()
+    assert (bad_t | ~bad_n).all()  # a dead channel has no time either
+    alive = np.setdiff1d(np.arange(4760), dead)
+    frac = bad_n[:, alive].mean(1)  # the random ones, per event
+    assert 0.08 < frac.min() and frac.max() < 0.12
+    assert (bad_n[0, alive] != bad_n[1, alive]).any()  # drawn anew in every event
+    assert (ev["nphoExpected"][bad_n] >= 0).all()  # the truth stays defined for dead channels
+
+
+def test_any_start_and_length_give_the_same_events():
+    cfg = SimConfig(n_points=3, spectrum="flat", run=4)
+    whole = simulate(700, seed=4, config=cfg)  # blocks 0-2, the last one partial
+    parts = [simulate(n, seed=4, config=cfg, start=s) for s, n in ((0, 1), (1, 300), (301, 211), (512, 188))]
+    for k in whole:
+        assert np.array_equal(np.concatenate([p[k] for p in parts]), whole[k]), k
+    assert (whole["run"] == 4).all() and np.array_equal(whole["event"], np.arange(700))
+
+
+def test_threads_simulating_at_once_get_their_own_events():
+    # each thread has its own scratch buffers; shared ones would mix the events
+    from concurrent.futures import ThreadPoolExecutor
+
+    seeds = [1, 2, 3, 4]
+    alone = [simulate(256, seed=s) for s in seeds]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda s: simulate(256, seed=s), seeds))
+    for a, b in zip(alone, together):
+        for k in a:
+            assert np.array_equal(a[k], b[k]), k

@@ -613,3 +613,19 @@ def test_without_layer_decay_there_are_two_groups():
     opt = build_optimizer(model, TrainingConfig(lr=2e-3), steps_per_epoch=4)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
     assert {g["lr"] for g in opt.param_groups} == {2e-3}
+
+
+@pytest.mark.slow
+def test_compiled_training_steps_equal_eager_ones(tmp_path):
+    """training.compile: the compiled steps move the model's own weights as the eager steps do, and
+    the checkpoint holds the plain model (no torch.compile wrapper in its keys)."""
+    eager = Trainer(toy_model(), toy_task, ToyData(32), None, toy_cfg(tmp_path / "a"))
+    compiled = Trainer(toy_model(), toy_task, ToyData(32), None, toy_cfg(tmp_path / "b", compile=True))
+    eager.fit()
+    compiled.fit()
+    assert compiled.net is not compiled.model
+    for a, b in zip(eager.model.parameters(), compiled.model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(next(toy_model().parameters()), next(compiled.model.parameters()))  # it trained
+    state = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")
+    assert set(state["model"]) == set(eager.model.state_dict())

@@ -16,6 +16,7 @@ chunking, number of DataLoader workers or ``start`` offset.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -96,8 +97,94 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True)
 
 
-def _simulate_block(cfg: SimConfig, seed: int, block: int) -> dict[str, np.ndarray]:
-    g = _block_generator(seed, block)
+# Output branches: trailing shape (after the event axis) and dtype, in the order they are returned.
+_BRANCHES: dict[str, tuple[tuple[int, ...], type]] = {
+    "npho": ((geo.N_CHANNELS,), np.float32),
+    "relative_time": ((geo.N_CHANNELS,), np.float32),
+    "nphoExpected": ((geo.N_CHANNELS,), np.float32),
+    "energyTruth": ((), np.float32),
+    "timeTruth": ((), np.float32),
+    "xyzTruth": ((3,), np.float32),
+    "uvwTruth": ((3,), np.float32),
+    "emiVec": ((3,), np.float32),
+    "emiAng": ((2,), np.float32),
+    "xyzVTX": ((3,), np.float32),
+    "run": ((), np.int32),
+    "event": ((), np.int64),
+}
+
+# Events whose light goes through the per-element passes and the Poisson draw together: their
+# (CHUNK * n_points, 4760) rows of the block's geometry (~5 MB each for 4 points) stay in cache
+# for all passes instead of streaming ~20 MB per pass through memory, while there are few enough
+# chunks that the per-op overhead (with several threads: one parallel region per op) stays small.
+# Must divide BLOCK and be even, so that each chunk's bmm output rows keep the 64-byte alignment
+# pattern they had in a whole-block output (MKL may pick its code path by alignment).
+CHUNK = 64
+assert BLOCK % CHUNK == 0 and CHUNK % 2 == 0
+
+
+def _empty_branches(n: int) -> dict[str, np.ndarray]:
+    """Uninitialised output arrays for ``n`` events, keyed as in :data:`_BRANCHES`."""
+    return {k: np.empty((n, *shape), dtype=dtype) for k, (shape, dtype) in _BRANCHES.items()}
+
+
+@dataclass
+class _Workspace:
+    """Scratch tensors for simulating blocks of events with ``n_points`` light points (``K``).
+
+    ``d2`` and ``n_d`` ``(BLOCK * K, 4760)``: the block's point-sensor geometry (see
+    :func:`_projections`); ``point_light`` ``(CHUNK, 1, 4760)``: one chunk's light before the
+    sensor areas; ``noise`` ``(BLOCK, 4760)``: the block's time jitter / random dead draws.
+    """
+
+    n_points: int
+    chunk: int
+    d2: torch.Tensor
+    n_d: torch.Tensor
+    point_light: torch.Tensor
+    noise: torch.Tensor
+
+    @classmethod
+    def new(cls, n_points: int) -> _Workspace:
+        n = geo.N_CHANNELS
+        return cls(
+            n_points=n_points,
+            chunk=CHUNK,
+            d2=torch.empty(BLOCK * n_points, n),
+            n_d=torch.empty(BLOCK * n_points, n),
+            point_light=torch.empty(CHUNK, 1, n),
+            noise=torch.empty(BLOCK, n),
+        )
+
+
+_thread_local = threading.local()
+
+
+def _workspace(n_points: int) -> _Workspace:
+    """This thread's workspace, kept between calls (~45 MB for 4 light points): allocating it
+    anew costs ~11k page faults, which took a large part of a one-block call such as the dataset
+    stream makes. One per thread, because every block overwrites the buffers."""
+    ws = getattr(_thread_local, "workspace", None)
+    if ws is None or (ws.n_points, ws.chunk) != (n_points, CHUNK):
+        ws = _thread_local.workspace = None  # free the old buffers before allocating new ones
+        ws = _thread_local.workspace = _Workspace.new(n_points)
+    return ws
+
+
+@dataclass
+class _Kinematics:
+    """Per-event truth of one block (``B`` events, ``K`` light points), all float32."""
+
+    vertex: torch.Tensor  # (B, 3) cm
+    direction: torch.Tensor  # (B, 3) unit vector
+    energy: torch.Tensor  # (B,) MeV
+    path: torch.Tensor  # (B,) cm from the vertex to the conversion
+    conversion: torch.Tensor  # (B, 3) cm
+    points: torch.Tensor  # (B, K, 3) cm, light-emission points (0 = the conversion)
+
+
+def _kinematics(cfg: SimConfig, g: torch.Generator) -> _Kinematics:
+    """Draw the gammas of one block; the first draws of the block's generator ``g``."""
     B, K = BLOCK, cfg.n_points
 
     def rand(*shape: int) -> torch.Tensor:
@@ -106,7 +193,7 @@ def _simulate_block(cfg: SimConfig, seed: int, block: int) -> dict[str, np.ndarr
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g)
 
-    # --- kinematics: vertex in the target, aim at a uniform point of the inner-face acceptance --
+    # --- vertex in the target, aim at a uniform point of the inner-face acceptance -----------
     vertex = randn(B, 3) * torch.tensor(cfg.vertex_sigma)
     phi_aim = torch.deg2rad(cfg.phi_range[0] + (cfg.phi_range[1] - cfg.phi_range[0]) * rand(B))
     z_aim = cfg.z_range[0] + (cfg.z_range[1] - cfg.z_range[0]) * rand(B)
@@ -136,53 +223,143 @@ def _simulate_block(cfg: SimConfig, seed: int, block: int) -> dict[str, np.ndarr
         # keep only the part of the offset perpendicular to the direction
         lateral -= (lateral * direction[:, None]).sum(-1, keepdim=True) * direction[:, None]
     points = conversion[:, None] + along[..., None] * direction[:, None] + lateral  # (B, K, 3)
+    return _Kinematics(vertex, direction, energy, path, conversion, points)
 
-    # --- light: solid angle of every sensor from every point, as two matmuls -----------------
-    pos, nrm, area4pi, pos_sq, n_dot_s = _sensor_tensors()
-    p = points.reshape(B * K, 3)
-    d2 = torch.addmm(pos_sq[None, :] + (p * p).sum(1, keepdim=True), p, pos.T, alpha=-2.0)
+
+def _projections(p: torch.Tensor, p_sq: torch.Tensor, ws: _Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distances and normal projections of all ``B * K`` light points to all sensors.
+
+    ``p`` ``(B * K, 3)`` points (event-major), ``p_sq`` ``(B * K, 1)`` their squared norms.
+    Returns ``d2`` ``(B * K, 4760)`` (``|s - p|^2``, cm^2) and ``n_d`` ``(B * K, 4760)``
+    (``n . (p - s) = d cos(theta)``, cm), both unclamped, in the workspace buffers.
+
+    These are the original two whole-block ``addmm`` calls with the same shapes and operand
+    layouts: MKL picks its kernel (and so its rounding) by the matrix sizes and thread count, so
+    products of fewer rows are not bit-identical everywhere (measured on one machine: blocks of
+    up to 3 rows rounded differently with 1 thread, up to 10 rows with 2 threads).
+    Only the output buffers are reused instead of freshly allocated (page faults on every block).
+    """
+    pos, nrm, _, pos_sq, n_dot_s = _sensor_tensors()
+    # |s - p|^2 = |s|^2 + |p|^2 - 2 p.s as one matmul onto the pre-filled buffer
+    d2 = torch.add(pos_sq[None, :], p_sq, out=ws.d2).addmm_(p, pos.T, alpha=-2.0)
+    n_d = ws.n_d.copy_((-n_dot_s)[None, :].expand_as(ws.n_d)).addmm_(p, nrm.T)
+    return d2, n_d
+
+
+def _light_chunk(
+    d2: torch.Tensor,
+    n_d: torch.Tensor,
+    point_energy: torch.Tensor,
+    ws: _Workspace,
+    expected: torch.Tensor,
+    d2_first: torch.Tensor,
+) -> None:
+    """Expected photons of ``C`` events from their ``K`` light points each.
+
+    ``d2`` and ``n_d`` ``(C * K, 4760)``: rows of :func:`_projections` (both are overwritten);
+    ``point_energy`` ``(C, 1, K)`` photons emitted per point. Writes ``expected`` ``(C, 4760)``
+    (photons per sensor) and ``d2_first`` ``(C, 4760)`` (squared distance in cm^2 from point 0,
+    the conversion, clamped at 1; the light's flight time is its square root over c_LXE).
+
+    Per-element ops in the original order and the same per-event ``bmm`` products (torch loops
+    over the batch either way), so chunking keeps the results bit-identical while a chunk's
+    rows stay in cache for all these passes.
+    """
+    C, K = point_energy.shape[0], point_energy.shape[2]
     d2.clamp_(min=1.0)  # a point never sits closer than ~1 cm to a sensor's centre
-    dist = d2.view(B, K, -1)[:, 0].sqrt()  # (B, N) from the conversion point, for the time
-    cos_d = torch.addmm(-n_dot_s[None, :], p, nrm.T).clamp_(min=0.0)  # n . (p - s) = d cos(theta)
-    omega = d2.rsqrt_().pow_(3).mul_(cos_d).view(B, K, -1)  # cos(theta) / d^2
-    point_energy = (cfg.light_yield * energy / K)[:, None, None].expand(B, 1, K)
-    expected = torch.bmm(point_energy, omega).squeeze(1).mul_(area4pi)  # (B, N)
-    npho = torch.poisson(expected, generator=g)
+    d2_first.copy_(d2.view(C, K, -1)[:, 0])
+    cos_d = n_d.clamp_(min=0.0)  # the sensor sees no light from behind
+    omega = d2.rsqrt_().pow_(3).mul_(cos_d).view(C, K, -1)  # cos(theta) / d^2
+    light = torch.bmm(point_energy, omega, out=ws.point_light[:C])  # (C, 1, N)
+    torch.mul(light.squeeze(1), _sensor_tensors()[2], out=expected)  # times area / 4 pi
+
+
+def _valid_times(
+    npho: torch.Tensor, d2_first: torch.Tensor, noise: torch.Tensor, t_conv: torch.Tensor, cfg: SimConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Times of the sensors at or above the time threshold (the only ones that are kept).
+
+    ``npho``, ``d2_first`` (see :func:`_light_chunk`) and ``noise`` (standard normal) are
+    ``(B, 4760)``, ``t_conv`` ``(B,)``. Returns the flat indices ``(V,)`` of those sensors into a
+    ``(B, 4760)`` array and their times ``(V,)`` in ns.
+
+    Only a few per cent of sensors pass, so gathering them first saves about ten full passes
+    over the block. Each kept value goes through the same float32 operations in the same order
+    as the whole-array expression ``noise * sigma + flight + t_conv`` did: bit-identical.
+    """
+    # numpy finds the few indices (and their events) several times faster than torch; the
+    # threshold is rounded to float32 as torch's comparison does
+    flat = np.flatnonzero(npho.numpy().reshape(-1) >= np.float32(cfg.time_threshold))
+    idx, event = torch.from_numpy(flat), torch.from_numpy(flat // npho.shape[1])  # (V,) each
+    # sigma = time_jitter * sqrt(threshold / max(npho, 1)); torch evaluates `threshold / x` as
+    # reciprocal-then-multiply, which is kept as two steps for identical rounding
+    sigma = npho.view(-1).index_select(0, idx).clamp_(min=1.0).reciprocal_()
+    sigma.mul_(cfg.time_threshold).sqrt_().mul_(cfg.time_jitter)
+    flight = d2_first.view(-1).index_select(0, idx).sqrt_().div_(geo.LXE_LIGHT_SPEED)
+    jitter = noise.view(-1).index_select(0, idx).mul_(sigma)
+    times = jitter.add_(flight).add_(t_conv.index_select(0, event))
+    return idx, times
+
+
+def _simulate_block(
+    cfg: SimConfig, seed: int, block: int, out: dict[str, np.ndarray], ws: _Workspace, dead_ids: torch.Tensor | None
+) -> None:
+    """Simulate the :data:`BLOCK` events of ``block`` into ``out`` (arrays of length BLOCK,
+    keyed as in :data:`_BRANCHES`, e.g. views into the caller's result). ``dead_ids``: channel
+    ids of the fixed dead map, or None.
+
+    Draw order from the block's generator: kinematics, Poisson counts (event by event, sensor by
+    sensor), time jitter ``(BLOCK, 4760)``, then random dead channels ``(BLOCK, 4760)``.
+    """
+    g = _block_generator(seed, block)
+    B, K = BLOCK, cfg.n_points
+    kin = _kinematics(cfg, g)
+
+    # --- light and Poisson counts, CHUNK events at a time ---------------------------------------
+    # torch.poisson draws element by element in memory order, so chunks taken in order consume
+    # the generator exactly as one whole-block call would.
+    npho = torch.from_numpy(out["npho"])  # (B, N) views: results are written in place
+    time = torch.from_numpy(out["relative_time"])
+    expected = torch.from_numpy(out["nphoExpected"])
+    p = kin.points.reshape(B * K, 3)
+    d2, n_d = _projections(p, (p * p).sum(1, keepdim=True), ws)
+    point_energy = (cfg.light_yield * kin.energy / K)[:, None, None].expand(B, 1, K)
+    for lo in range(0, B, CHUNK):
+        ev, rows = slice(lo, lo + CHUNK), slice(lo * K, (lo + CHUNK) * K)
+        # `time` holds the squared distance to the conversion until the times are computed
+        _light_chunk(d2[rows], n_d[rows], point_energy[ev], ws, expected[ev], time[ev])
+        npho[ev] = torch.poisson(expected[ev], generator=g)
 
     # --- time: conversion time + flight of the light from the conversion, with jitter --------
-    t_conv = path / SPEED_OF_LIGHT
-    sigma = (cfg.time_threshold / npho.clamp(min=1.0)).sqrt_().mul_(cfg.time_jitter)
-    time = randn(B, geo.N_CHANNELS).mul_(sigma).add_(dist.div_(geo.LXE_LIGHT_SPEED)).add_(t_conv[:, None])
-    time.masked_fill_(npho < cfg.time_threshold, INVALID)
+    # the jitter is drawn for every sensor (the generator must advance as before), used where valid
+    t_conv = kin.path / SPEED_OF_LIGHT
+    noise = ws.noise.normal_(generator=g)  # the same draws as torch.randn(B, N, generator=g)
+    idx, times = _valid_times(npho, time, noise, t_conv, cfg)
+    time.fill_(INVALID).view(-1).index_copy_(0, idx, times)
 
     # --- dead channels read as invalid, as in real files --------------------------------------
-    dead = torch.zeros(B, geo.N_CHANNELS, dtype=torch.bool)
-    if cfg.dead_channels is not None:
-        path_arg = None if cfg.dead_channels == "default" else cfg.dead_channels
-        dead[:, torch.as_tensor(dead_channel_map(path_arg))] = True
+    if dead_ids is not None:
+        npho[:, dead_ids] = INVALID
+        time[:, dead_ids] = INVALID
     if cfg.random_dead_fraction > 0:
-        dead |= rand(B, geo.N_CHANNELS) < cfg.random_dead_fraction
-    npho.masked_fill_(dead, INVALID)
-    time.masked_fill_(dead, INVALID)
+        dead = noise.uniform_(generator=g) < cfg.random_dead_fraction  # == torch.rand(B, N) < f
+        npho.masked_fill_(dead, INVALID)
+        time.masked_fill_(dead, INVALID)
 
-    conv = conversion.numpy().astype(np.float32)
-    d = direction.numpy()
+    # --- per-event truth --------------------------------------------------------------------
+    conv = kin.conversion.numpy().astype(np.float32)
+    d = kin.direction.numpy()
     theta = np.degrees(np.arccos(np.clip(d[:, 2], -1, 1)))
     phi = np.degrees(np.arctan2(d[:, 1], d[:, 0])) % 360.0
-    return {
-        "npho": npho.numpy(),
-        "relative_time": time.numpy(),
-        "nphoExpected": expected.numpy(),
-        "energyTruth": energy.numpy().astype(np.float32),
-        "timeTruth": t_conv.numpy().astype(np.float32),
-        "xyzTruth": conv,
-        "uvwTruth": geo.xyz_to_uvw(conv).astype(np.float32),
-        "emiVec": d.astype(np.float32),
-        "emiAng": np.stack([theta, phi], 1).astype(np.float32),
-        "xyzVTX": vertex.numpy().astype(np.float32),
-        "run": np.full(B, cfg.run, dtype=np.int32),
-        "event": np.arange(block * B, (block + 1) * B, dtype=np.int64),
-    }
+    out["energyTruth"][:] = kin.energy.numpy()
+    out["timeTruth"][:] = t_conv.numpy()
+    out["xyzTruth"][:] = conv
+    out["uvwTruth"][:] = geo.xyz_to_uvw(conv)
+    out["emiVec"][:] = d
+    out["emiAng"][:] = np.stack([theta, phi], 1)
+    out["xyzVTX"][:] = kin.vertex.numpy()
+    out["run"][:] = cfg.run
+    out["event"][:] = np.arange(block * B, (block + 1) * B)
 
 
 def simulate(n_events: int, seed: int = 0, config: SimConfig | None = None, start: int = 0) -> dict[str, np.ndarray]:
@@ -198,11 +375,22 @@ def simulate(n_events: int, seed: int = 0, config: SimConfig | None = None, star
     if n_events < 0 or start < 0:
         raise ValueError(f"simulate: n_events and start must be >= 0, got {n_events}, {start}")
     cfg = config or SimConfig()
-    first, last = start // BLOCK, (start + n_events - 1) // BLOCK
+    dead_ids = None  # loaded even for no events, so that a bad map path fails early
+    if cfg.dead_channels is not None:
+        dead_ids = torch.as_tensor(dead_channel_map(None if cfg.dead_channels == "default" else cfg.dead_channels))
+    result = _empty_branches(n_events)
+    if n_events == 0:
+        return result
+    ws = _workspace(cfg.n_points)
+    stop = start + n_events
     with torch.no_grad():
-        blocks = [_simulate_block(cfg, seed, b) for b in range(first, last + 1)] if n_events else []
-    if not blocks:
-        empty = _simulate_block(cfg, seed, 0)
-        return {k: v[:0] for k, v in empty.items()}
-    lo = start - first * BLOCK
-    return {k: np.concatenate([b[k] for b in blocks])[lo : lo + n_events] for k in blocks[0]}
+        for b in range(start // BLOCK, (stop - 1) // BLOCK + 1):
+            lo, hi = max(start, b * BLOCK), min(stop, (b + 1) * BLOCK)  # wanted events of this block
+            if hi - lo == BLOCK:  # whole block: simulate straight into the result
+                _simulate_block(cfg, seed, b, {k: v[lo - start : hi - start] for k, v in result.items()}, ws, dead_ids)
+            else:  # partial block (first or last): simulate it all, keep the wanted rows
+                part = _empty_branches(BLOCK)
+                _simulate_block(cfg, seed, b, part, ws, dead_ids)
+                for k, v in result.items():
+                    v[lo - start : hi - start] = part[k][lo - b * BLOCK : hi - b * BLOCK]
+    return result

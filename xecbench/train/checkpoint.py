@@ -30,6 +30,7 @@ RESUME_MAY_CHANGE = (
     "training.checkpoint_every",
     "training.device",
     "training.grad_clip",
+    "training.compile",
     "data.num_workers",
 )
 

@@ -102,6 +102,8 @@ class TrainingConfig:
     ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + step) / (10 + step)) per optimiser step
     amp: str = _choices("auto", "bf16", "fp16", "off", default="auto")  # auto: bf16/fp16 on CUDA, off on CPU
     grad_clip: float | None = _range(1.0, 0.0, lo_open=True)
+    # torch.compile the training forward pass (the first steps compile: tens of seconds on a CPU)
+    compile: bool = False
     seed: int = _range(0, 0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     log_every: int = _range(10, 1)  # optimiser steps between logged metrics (the only host syncs)

@@ -106,6 +106,10 @@ class Trainer:
         seed_everything(cfg.seed)
         self.model = model.to(self.device)
         self.ddp = DistributedDataParallel(self.model) if self.dist.enabled else None
+        # what the training steps call; checkpoints, EMA and validation use the plain model
+        self.net = self.ddp or self.model
+        if cfg.compile:
+            self.net = torch.compile(self.net)
         if isinstance(train_data, IterableDataset):
             raise TypeError(
                 f"Trainer needs a map-style training set (e.g. EventDataset), got {type(train_data).__name__}: "
@@ -175,7 +179,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------- training
     def train_epoch(self) -> dict[str, Any]:
         cfg = self.cfg
-        net = self.ddp or self.model
+        net = self.net
         self.model.train()
         self._optimizer_mode(True)
         self.sampler.set_epoch(self.epoch)
