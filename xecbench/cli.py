@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--npho-branch", default="npho", help="the branch of photon counts (default npho)")
     n.add_argument("--time-branch", default="relative_time", help="the branch of times (default relative_time)")
     n.add_argument("--step-size", type=int, default=2000, help="events read and written per chunk (default 2000)")
-    n.add_argument("--batch-size", type=int, default=256, help="events per model call (default 256)")
+    n.add_argument("--batch-size", type=int, default=64, help="events per model call (default 64)")
     n.add_argument("--weights", choices=("ema", "live"), default=None, help="default: ema when the checkpoint has one")
     n.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     n.add_argument("--quiet", action="store_true", help="no progress bar")

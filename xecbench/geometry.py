@@ -335,24 +335,36 @@ def _neighbours(radius: float, max_k: int) -> np.ndarray:
     out = np.full((N_CHANNELS, max_k), -1, dtype=np.int64)
     for face in FACES:
         fid = face_ids(face)
-        p = pos[fid]
-        diff = [p[:, None, c] - p[None, :, c] for c in range(3)]
-        d = np.sqrt(diff[0] ** 2 + diff[1] ** 2 + diff[2] ** 2)  # (n, n), as linalg.norm sums them
-        np.fill_diagonal(d, np.inf)
         k = min(max_k, len(fid) - 1)
-        # nearest first, ties by id; a partial sort of a few candidates per sensor instead of a full
-        # sort of the 4092 x 4092 inner-face matrix (seconds at every start otherwise)
-        pool = np.argpartition(d, k, axis=1)[:, : k + 1]  # the k + 1 nearest, unordered
-        pool_d = np.take_along_axis(d, pool, axis=1)
-        order = np.lexsort((pool, pool_d), axis=1)[:, :k]
-        nearest = np.take_along_axis(pool, order, axis=1)
-        # where the k-th and (k + 1)-th are equally far, the partition may have kept the wrong one
-        kth = np.take_along_axis(d, nearest[:, -1:], axis=1)
-        tied = np.flatnonzero((d <= kth).sum(1) > k)
-        nearest[tied] = np.argsort(d[tied], axis=1, kind="stable")[:, :k]
-        near = np.take_along_axis(d, nearest, axis=1) <= radius
-        out[fid, :k] = np.where(near, fid[nearest], -1)
+        for start in range(0, len(fid), 512):  # 512 sensors at a time: 16 MB blocks, not 134 MB
+            rows = slice(start, start + 512)
+            out[fid[rows], :k] = _nearest(pos[fid[rows]], pos[fid], np.arange(len(fid))[rows], k, radius, fid)
     return _readonly(out)
+
+
+def _nearest(
+    a: np.ndarray, b: np.ndarray, self_index: np.ndarray, k: int, radius: float, ids: np.ndarray
+) -> np.ndarray:
+    """The ``k`` nearest of points ``b (m, 3)`` to each of ``a (n, 3)`` (point ``self_index[i]`` of
+    ``b`` is ``a[i]`` itself and never counts), nearest first, ties by index, as ``ids`` of those
+    within ``radius`` and -1 beyond -> ``(n, k)``."""
+    # distances with the squares summed x, y, z in turn, as linalg.norm sums them
+    d = np.zeros((len(a), len(b)))
+    for c in range(3):
+        step = a[:, None, c] - b[None, :, c]
+        d += np.multiply(step, step, out=step)
+    np.sqrt(d, out=d)
+    d[np.arange(len(a)), self_index] = np.inf
+    # a partial sort of a few candidates per sensor instead of a full sort of every row
+    pool = np.argpartition(d, k, axis=1)[:, : k + 1]  # the k + 1 nearest, unordered
+    order = np.lexsort((pool, np.take_along_axis(d, pool, axis=1)), axis=1)[:, :k]
+    nearest = np.take_along_axis(pool, order, axis=1)
+    # where the k-th and (k + 1)-th are equally far, the partition may have kept the wrong one
+    kth = np.take_along_axis(d, nearest[:, -1:], axis=1)
+    tied = np.flatnonzero((d <= kth).sum(1) > k)
+    nearest[tied] = np.argsort(d[tied], axis=1, kind="stable")[:, :k]
+    near = np.take_along_axis(d, nearest, axis=1) <= radius
+    return np.where(near, ids[nearest], -1)
 
 
 def neighbours(radius: float = 11.0, max_k: int = 8) -> np.ndarray:

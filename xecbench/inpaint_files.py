@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import awkward as ak
@@ -101,25 +102,50 @@ def fill_mask(npho: np.ndarray, fill: str = "invalid", dead_channels: Sequence[i
     return mask
 
 
-@torch.inference_mode()
 def inpaint_arrays(
-    inpainter: RawInpainter, npho: np.ndarray, time: np.ndarray, fill: np.ndarray, batch_size: int = 256
+    inpainter: RawInpainter,
+    npho: np.ndarray,
+    time: np.ndarray,
+    fill: np.ndarray,
+    batch_size: int = 64,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw ``npho``, ``time`` and ``fill`` ``(n, 4760)`` -> filled npho and time ``(n, 4760)`` float32
-    (unchanged where ``fill`` is False)."""
+    (unchanged where ``fill`` is False).
+
+    On the CPU the batches run on ``threads`` threads at once (default: torch's thread count), each
+    operator single-threaded. The model's operators are too small to keep several cores busy one at
+    a time (measured on 2 cores: 1.65x the events/s of torch's own threads), and with one thread per
+    operator the result does not depend on the number of threads."""
     for name, a in (("npho", npho), ("time", time), ("fill", fill)):
         if a.ndim != 2 or a.shape[1] != N_CHANNELS or len(a) != len(npho):
             raise ValueError(f"{name} must have shape ({len(npho)}, {N_CHANNELS}), got {a.shape}")
     device = next(inpainter.parameters()).device
     out_npho = np.array(npho, dtype=np.float32)
     out_time = np.array(time, dtype=np.float32)
-    for start in range(0, len(npho), batch_size):
+
+    def fill_batch(start: int) -> None:
         sl = slice(start, start + batch_size)
         if not fill[sl].any():
-            continue
+            return
         sensors = torch.from_numpy(np.stack([out_npho[sl], out_time[sl]], axis=-1)).to(device)
-        filled = inpainter(sensors, torch.from_numpy(fill[sl]).to(device)).cpu().numpy()
-        out_npho[sl], out_time[sl] = filled[..., 0], filled[..., 1]
+        with torch.inference_mode():
+            filled = inpainter(sensors, torch.from_numpy(fill[sl]).to(device)).cpu().numpy()
+        out_npho[sl], out_time[sl] = filled[..., 0], filled[..., 1]  # batches write disjoint rows
+
+    starts = range(0, len(npho), batch_size)
+    if device.type != "cpu":
+        for start in starts:
+            fill_batch(start)
+        return out_npho, out_time
+    threads = threads or torch.get_num_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # process-wide: restored below
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fill_batch, starts))
+    finally:
+        torch.set_num_threads(before)
     return out_npho, out_time
 
 
@@ -134,7 +160,7 @@ def inpaint_root(
     npho_branch: str = NPHO,
     time_branch: str = TIME,
     step_size: int = 2000,
-    batch_size: int = 256,
+    batch_size: int = 64,
     weights: str | None = None,
     device: str = "cpu",
     progress: bool = True,
