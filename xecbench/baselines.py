@@ -8,6 +8,9 @@ sensors through the padded same-face neighbour table of :func:`geometry.neighbou
 * :func:`solid_angle_estimate`: the light per unit solid angle seen by the usable neighbours, times
   the solid angle of the hidden sensor, both seen from a shower position estimated from the
   brightest usable sensors (or given).
+* :func:`npho_estimates`: both of them from one pass over the neighbours (what the models use).
+
+All of them sum over the neighbours with :func:`neighbour_sums`, one gather per neighbour slot.
 """
 
 from __future__ import annotations

@@ -348,6 +348,8 @@ def _nearest(
     """The ``k`` nearest of points ``b (m, 3)`` to each of ``a (n, 3)`` (point ``self_index[i]`` of
     ``b`` is ``a[i]`` itself and never counts), nearest first, ties by index, as ``ids`` of those
     within ``radius`` and -1 beyond -> ``(n, k)``."""
+    if k == 0:
+        return np.empty((len(a), 0), dtype=np.int64)
     # distances with the squares summed x, y, z in turn, as linalg.norm sums them
     d = np.zeros((len(a), len(b)))
     for c in range(3):

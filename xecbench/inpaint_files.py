@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +43,7 @@ class InpaintArgumentError(ValueError):
 
 
 FLAG_BRANCH = "inpainted"
+_ONE_THREAD_PER_OPERATOR = threading.Lock()  # held while inpaint_arrays runs with torch at 1 thread
 IDENTITY_KEY = "xecbench_inpaint"
 
 
@@ -138,14 +140,17 @@ def inpaint_arrays(
         for start in starts:
             fill_batch(start)
         return out_npho, out_time
-    threads = threads or torch.get_num_threads()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # process-wide: restored below
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(fill_batch, starts))
-    finally:
-        torch.set_num_threads(before)
+    # torch's thread count is process-wide: one call at a time sets it to 1 and restores it, and other
+    # torch work in this process meanwhile runs single-threaded too
+    with _ONE_THREAD_PER_OPERATOR:
+        threads = threads or torch.get_num_threads()
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(fill_batch, starts))
+        finally:
+            torch.set_num_threads(before)
     return out_npho, out_time
 
 

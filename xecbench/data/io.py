@@ -205,6 +205,8 @@ def iter_root(
         raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard}")
     if step_size < 1:
         raise ValueError(f"step_size must be >= 1, got {step_size}")
+    if entry_stop is not None and entry_stop < 0:
+        raise ValueError(f"entry_stop must be >= 0 (events to read), got {entry_stop}")
     t = _open_tree(path, tree)
     keys = set(t.keys())
     for b in (npho_branch, time_branch, *(truth or ())):

@@ -43,9 +43,10 @@ class GRN(nn.Module):
         xv = x if visible is None else x * visible
         # the square root's gradient at an all-zero (fully hidden) sample is infinite, and 0 * inf
         # poisons every earlier layer with NaN: the clamp's zero gradient below 1e-24 stops it there.
-        # (linalg.vector_norm is safe too, but 5x slower on CPU over these non-contiguous dims.)
-        gx = xv.pow(2).sum(dim=spatial, keepdim=True).clamp(min=1e-24).sqrt()  # (B, 1.., C)
-        nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
+        # In float32 also for half-precision weights (the sum of squares overflows fp16, and 1e-24
+        # is 0 there). linalg.vector_norm is safe too, but 5x slower on CPU over these dims.
+        gx = xv.float().pow(2).sum(dim=spatial, keepdim=True).clamp(min=1e-24).sqrt()  # (B, 1.., C)
+        nx = (gx / (gx.mean(dim=-1, keepdim=True) + self.eps)).to(x.dtype)
         return self.gamma * (x * nx) + self.beta + x
 
 

@@ -40,7 +40,7 @@ class RawInpainter(nn.Module):
     def __init__(self, model: nn.Module, normalizer: Normalizer, fill_time: bool = True, sparse: bool = True):
         super().__init__()
         if not hasattr(model, "predict"):
-            raise TypeError(f"RawInpainter needs a model with predict(x, masks), got {type(model).__name__}")
+            raise TypeError(f"RawInpainter needs a model with predict(x, masks, at), got {type(model).__name__}")
         self.model, self.normalizer, self.fill_time, self.sparse = model, normalizer, fill_time, sparse
 
     def forward(self, sensors: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:

@@ -140,12 +140,15 @@ class Refiner(nn.Module):
     ) -> torch.Tensor:
         """x ``(B, 4760, 2)`` normalised, tokens ``(B, 6, D)`` -> predictions ``(B, 4760, 2)``.
 
-        ``at (B, 4760)`` bool (optional, inference): compute the grid faces' corrections only at these
-        sensors. The predictions there are the same as without ``at``; elsewhere on the grid faces they
-        are the uncorrected classical start. Needs a data-dependent number of cells: not for training
-        steps or traced graphs.
+        ``at (B, 4760)`` bool (optional, inference): compute the grid faces' corrections only in the
+        cells that hold these sensors. The predictions there are the same as without ``at``; in the
+        other cells of the grid faces they are the uncorrected classical start. Needs a data-dependent
+        number of cells: not for training steps or traced graphs. Where more than a fifth of the
+        sensors are ``at``, the dense heads run (the patches would cost more).
         """
         layout = self.layout
+        if at is not None and at.float().mean() > 0.2:  # many to fill: the dense heads are cheaper
+            at = None
         visible = masks.visible
         inp = sensor_inputs(x, masks.time_valid & visible)  # (B, N, 3), zero where not visible
         est = classical_estimates(x, masks, self.normalizer)  # (B, N, 4), at every sensor
