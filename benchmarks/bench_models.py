@@ -153,21 +153,22 @@ def profile_step(step, top: int = 15) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=32)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=32, help="events per training step (default 32)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
-    p.add_argument("--presets", default="tiny,base")
+    p.add_argument("--presets", default="tiny,base", help="encoder presets, comma-separated (default tiny,base)")
     p.add_argument("--anchor", help="a checkout of the seed system: time its MAE beside ours at token width 1024")
     p.add_argument("--repeats", type=int, default=5, help="alternating repeats with --anchor")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of each MAE step")
-    p.add_argument("--out", default="benchmarks/results/models.json")
+    p.add_argument("--out", default="benchmarks/results/models.json", help="where the JSON goes")
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows, profiles = [], {}
     for preset in a.presets.split(","):
         for kind in ("mae", "inpaint"):
-            # bf16 on this CPU has no native support and is several times slower: measured on tiny only
+            # bf16 autocast on a CPU: several times slower where the CPU lacks bf16 instructions (an Intel
+            # AVX2 machine), faster on the AMD EPYC of later runs; measured on tiny only
             amps = (False, True) if (device == "cuda" or preset == "tiny") else (False,)
             for amp in amps:
                 for comp in (False, True) if a.compile else (False,):

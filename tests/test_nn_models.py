@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xecbench import geometry as geo
-from xecbench.nn import POSENCS, XECMAE, MAEConfig, SensorMask, XECEncoder, encoder_config
+from xecbench.nn import POSENCS, XECMAE, MAEConfig, SensorMask, XECEncoder, encoder_config, random_hidden
 from xecbench.nn.posenc import alibi_bias, rope_rotate, sinusoidal_table
 
 
@@ -158,6 +158,25 @@ def test_torch_compile_of_the_encoder_on_cpu():
     masks = SensorMask(valid, tv, torch.zeros_like(valid))
     with torch.no_grad():
         assert torch.allclose(compiled(x, masks)["tokens"], enc(x, masks)["tokens"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torch_compile_of_the_refiner_with_its_classical_estimates():
+    """The refiner (what the MAE and the inpainter end in) compiles: its classical estimates read numpy
+    geometry tables, which run eagerly inside the compiled graph (training.compile failed there)."""
+    from xecbench.nn import XECInpainter
+
+    torch.manual_seed(0)
+    refiner = XECInpainter(XECEncoder()).refiner
+    for head in refiner.heads.values():
+        torch.nn.init.normal_(head.out.weight, std=0.1)
+    x, valid, tv = _batch()
+    masks = SensorMask(valid, tv, random_hidden(valid, 0.3))
+    tokens = torch.randn(x.shape[0], 6, XECEncoder().cfg.token_dim)
+    with torch.no_grad():
+        eager = refiner(x, masks, tokens)
+        compiled = torch.compile(refiner)(x, masks, tokens)
+    assert torch.allclose(compiled, eager, atol=1e-4)
 
 
 @pytest.mark.parametrize("package", ["xecbench.nn", "xecbench.data", "xecbench.train", "xecbench.eval", "xecbench.viz"])

@@ -118,10 +118,19 @@ def inpaint_arrays(
     On the CPU the batches run on ``threads`` threads at once (default: torch's thread count), each
     operator single-threaded. The model's operators are too small to keep several cores busy one at
     a time (measured on 2 cores: 1.65x the events/s of torch's own threads), and with one thread per
-    operator the result does not depend on the number of threads."""
+    operator the result does not depend on the number of threads (the batch size may change the
+    last digits)."""
+    if not isinstance(inpainter, RawInpainter):
+        raise TypeError(
+            f"inpaint_arrays needs a RawInpainter, got {type(inpainter).__name__} "
+            "(load_inpainter returns (inpainter, identity): unpack it)"
+        )
+    if batch_size < 1 or (threads is not None and threads < 1):
+        raise ValueError(f"batch_size and threads must be >= 1, got {batch_size} and {threads}")
+    n = len(npho) if np.ndim(npho) == 2 else "n"
     for name, a in (("npho", npho), ("time", time), ("fill", fill)):
         if a.ndim != 2 or a.shape[1] != N_CHANNELS or len(a) != len(npho):
-            raise ValueError(f"{name} must have shape ({len(npho)}, {N_CHANNELS}), got {a.shape}")
+            raise ValueError(f"{name} must have shape ({n}, {N_CHANNELS}) (events, sensors), got {a.shape}")
     device = next(inpainter.parameters()).device
     out_npho = np.array(npho, dtype=np.float32)
     out_time = np.array(time, dtype=np.float32)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -176,6 +177,8 @@ class RootStream(IterableDataset):
         sensor_truth: bool = False,
         **read_kwargs,
     ):
+        if not Path(path).is_file():  # here, not in a worker process where the message gets buried
+            raise FileNotFoundError(f"RootStream: {path} is not a file")
         self.path, self.read_kwargs = path, {"sensor_truth": sensor_truth, **read_kwargs}
         self.normalizer = normalizer or Normalizer()
         self.batch_size, self.drop_last = batch_size, drop_last

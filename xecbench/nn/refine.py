@@ -30,6 +30,9 @@ from .masking import SensorMask
 N_ESTIMATES = 4  # neighbour-average npho, solid-angle npho, neighbour-average time, "an estimate exists"
 
 
+# eager under torch.compile too: the estimates read cached numpy geometry tables, which Dynamo cannot
+# trace, and have no parameters to learn
+@torch.compiler.disable
 @torch.no_grad()
 def classical_estimates(x: torch.Tensor, masks: SensorMask, normalizer: Normalizer) -> torch.Tensor:
     """The classical estimates of every sensor from its visible neighbours, ``(B, 4760, 4)`` in
