@@ -138,7 +138,6 @@ class _Workspace:
     """
 
     n_points: int
-    chunk: int
     d2: torch.Tensor
     n_d: torch.Tensor
     point_light: torch.Tensor
@@ -149,7 +148,6 @@ class _Workspace:
         n = geo.N_CHANNELS
         return cls(
             n_points=n_points,
-            chunk=CHUNK,
             d2=torch.empty(BLOCK * n_points, n),
             n_d=torch.empty(BLOCK * n_points, n),
             point_light=torch.empty(CHUNK, 1, n),
@@ -165,7 +163,7 @@ def _workspace(n_points: int) -> _Workspace:
     anew costs ~11k page faults, which took a large part of a one-block call such as the dataset
     stream makes. One per thread, because every block overwrites the buffers."""
     ws = getattr(_thread_local, "workspace", None)
-    if ws is None or (ws.n_points, ws.chunk) != (n_points, CHUNK):
+    if ws is None or ws.n_points != n_points:
         ws = _thread_local.workspace = None  # free the old buffers before allocating new ones
         ws = _thread_local.workspace = _Workspace.new(n_points)
     return ws
