@@ -67,7 +67,7 @@ def test_environment_yml_has_the_same_versions():
 
 
 # distributions used as tools or kernels, not imported; and import names that differ from the distribution's
-NOT_IMPORTED = {"jupyterlab", "ipykernel", "nbval", "ruff", "pytest", "onnxscript"}  # onnxscript: torch.onnx's
+NOT_IMPORTED = {"jupyterlab", "ipykernel", "nbval", "ruff", "pytest", "pytest-xdist", "onnxscript"}  # onnxscript: torch.onnx's
 IMPORT_NAME = {"pyyaml": "yaml"}
 
 

@@ -1,4 +1,6 @@
-"""Small experiment helpers the notebooks call: run config variants, tabulate them, write metrics.
+"""Experiment helpers the notebooks call: run config variants over seeds on events simulated once,
+summarise them (mean and standard error over the seeds), give paired verdicts that say "within
+noise" unless a difference passes a named test, sanity checks for runs, and ``result.json``.
 
 Every run goes through :func:`xecbench.train.run_training`, so a notebook comparison is the same
 training a command-line run or a sweep would do.
@@ -8,14 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from . import geometry as geo
-from .data.io import atomic_path
+from .data import SimConfig, simulate
+from .data.io import atomic_path, save_npz
+from .eval.stats import PairedComparison, paired_verdict
 from .nn import SensorMask
 from .sweep import RESULT_FILE
 from .train import Trainer, load_config, run_training
@@ -24,41 +28,93 @@ from .train.config import PACKAGED_CONFIGS
 CONFIGS = PACKAGED_CONFIGS  # the packaged configs, e.g. CONFIGS / "mae_tiny.yaml"
 
 
+def simulate_once(
+    out_dir: str | Path, n_train: int, n_val: int, seed: int = 0, config: SimConfig | None = None
+) -> list[str]:
+    """Simulate a training and a validation set once, write them to ``out_dir/train.npz`` and
+    ``out_dir/val.npz``, and return the ``data.*`` overrides that point a run at them: every variant
+    and seed of a comparison then trains and validates on the same events, and the notebook pays
+    for the simulation once. The validation set uses another seed (``seed + 1_000_003``, as
+    ``data.source=simulate`` does)."""
+    out = Path(out_dir)
+    paths = {}
+    for name, n, s in (("train", n_train, seed), ("val", n_val, seed + 1_000_003)):
+        paths[name] = save_npz(out / f"{name}.npz", simulate(n, seed=s, config=config))
+    return [f"data.source={paths['train']}", f"data.val_source={paths['val']}", f"data.n_train={n_train}"]
+
+
 def run_variants(
     variants: dict[str, list[str]],
     common: list[str] | None = None,
     config: str | Path = CONFIGS / "mae_tiny.yaml",
     run_root: str | Path = "runs/variants",
-) -> dict[str, Trainer]:
-    """Train one model per variant: ``variants[name]`` are ``key=value`` overrides on top of
-    ``config`` and ``common``. Each run writes into ``run_root/name``. Returns the trainers."""
-    out = {}
+    seeds: list[int] | tuple[int, ...] = (0,),
+) -> dict[str, dict[int, Trainer]]:
+    """Train one model per variant and seed: ``variants[name]`` are ``key=value`` overrides on top of
+    ``config`` and ``common``, and seed ``s`` sets ``training.seed`` (initial weights, masks, batch
+    order), the same for every variant, so runs with one seed are paired. Each run writes into
+    ``run_root/name/seed_s``. Returns the trainers as ``runs[name][seed]``."""
+    if not seeds:
+        raise ValueError("run_variants: seeds is empty; give at least one seed")
+    out: dict[str, dict[int, Trainer]] = {}
     for name, overrides in variants.items():
-        cfg = load_config(config, [*(common or []), *overrides, f"training.run_dir={Path(run_root) / name}"])
-        out[name] = run_training(cfg)
+        out[name] = {}
+        for seed in seeds:
+            run_dir = Path(run_root) / name / f"seed_{seed}"
+            extra = [f"training.seed={seed}", f"training.run_dir={run_dir}"]
+            out[name][seed] = run_training(load_config(config, [*(common or []), *overrides, *extra]))
     return out
 
 
+def variant_rows(
+    runs: dict[str, dict[int, Trainer]], score: Callable[[Trainer], dict[str, float]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per run of :func:`run_variants`: ``variant``, ``seed``, ``problem`` (what
+    :func:`training_problem` found, or None) and the run's numbers, ``score(trainer)`` (default: its
+    last epoch, :func:`final_metrics`)."""
+    score = score or final_metrics
+    return [
+        {"variant": name, "seed": seed, "problem": training_problem(t), **score(t)}
+        for name, by_seed in runs.items()
+        for seed, t in by_seed.items()
+    ]
+
+
+DIVERGED = 1.5  # a last epoch's training loss this many times the first step's: the run diverged
+
+
 def training_problem(trainer: Trainer) -> str | None:
-    """What is wrong with a finished run, or None: a logged loss that is NaN/inf, or a last epoch's
-    training loss that is not below the first logged one (a run that diverged or never learned)."""
+    """What makes a finished run unusable, or None: a logged loss that is NaN/inf, or divergence (the
+    last epoch's training loss above :data:`DIVERGED` times the first logged step's, the loss of the
+    initial weights on one batch; a run that blew up and partly recovered still ends far above it).
+
+    A comparison leaves such runs out. A run that merely learned little is a result, not a problem:
+    leaving it out would flatter its variant."""
     steps = [r["loss"] for r in trainer.history if r["kind"] == "step"]
     epochs = [r for r in trainer.history if r["kind"] == "epoch"]
     losses = steps + [v for r in epochs for k, v in r.items() if "loss" in k]
     if not all(math.isfinite(v) for v in losses):
         return f"{trainer.run_dir}: a logged loss is NaN/inf"
-    first = steps[0] if steps else epochs[0]["train_loss"]
-    if len(steps) + len(epochs) > 1 and not epochs[-1]["train_loss"] < first:
-        return f"{trainer.run_dir}: training loss did not fall ({first:.4g} -> {epochs[-1]['train_loss']:.4g})"
+    last = epochs[-1]["train_loss"]
+    if steps and last > DIVERGED * steps[0]:
+        return f"{trainer.run_dir}: training loss diverged (first step {steps[0]:.4g}, last epoch {last:.4g})"
     return None
 
 
 def check_training(trainer: Trainer) -> None:
     """Sanity checks for a run whose exact numbers are not portable across CPUs (the notebook cells
-    that print them are not compared by nbval): raises AssertionError with :func:`training_problem`."""
+    that print them are not compared by nbval): no :func:`training_problem`, and with two epochs or
+    more the last epoch's mean training loss below the first epoch's (epoch means, not single
+    batches: one small batch's loss can sit a few per cent either side of the mean, as much as a
+    short run improves). Raises AssertionError naming the run."""
     problem = training_problem(trainer)
     if problem is not None:
         raise AssertionError(problem)
+    epochs = [r["train_loss"] for r in trainer.history if r["kind"] == "epoch"]
+    if len(epochs) > 1 and not epochs[-1] < epochs[0]:
+        raise AssertionError(
+            f"{trainer.run_dir}: training loss did not fall (first epoch {epochs[0]:.4g}, last epoch {epochs[-1]:.4g})"
+        )
 
 
 def final_metrics(trainer: Trainer) -> dict[str, float]:
@@ -77,24 +133,25 @@ def results_table(rows: dict[str, dict[str, float]], keys: list[str], digits: in
     return "\n".join(lines)
 
 
-def best(rows: dict[str, dict[str, float]], key: str) -> tuple[str, float]:
-    """The run with the lowest ``key``."""
-    name = min(rows, key=lambda n: rows[n][key])
-    return name, rows[name][key]
-
-
-def per_face(row: dict[str, float], prefix: str = "val_loss_") -> dict[str, float]:
-    return {f: row[f"{prefix}{f}"] for f in geo.FACES}
-
-
 @torch.no_grad()
 def mean_fusion_attention(model: torch.nn.Module, batch: dict, layer: int = -1) -> np.ndarray:
-    """Face-to-face attention ``(6, 6)`` of one fusion layer, averaged over heads and events, for
-    an MAE at its configured mask ratio (row = query face, column = key face)."""
+    """Face-to-face attention ``(6, 6)`` of one fusion layer, averaged over heads and events (row =
+    query face, column = key face): an MAE at its configured mask ratio, any other model (the
+    regressor, the inpainter) seeing every valid sensor."""
     model.eval()
-    g = torch.Generator().manual_seed(0)
-    model(batch["x"], model.draw_masks(batch["valid"], batch["time_valid"], generator=g))
+    if hasattr(model, "draw_masks"):
+        masks = model.draw_masks(batch["valid"], batch["time_valid"], generator=torch.Generator().manual_seed(0))
+    else:
+        masks = SensorMask(batch["valid"], batch["time_valid"], torch.zeros_like(batch["valid"]))
+    model(batch["x"], masks)
     return model.encoder.fusion.attention_maps()[layer].mean(dim=(0, 1)).numpy()
+
+
+def lr_reductions(trainer: Trainer) -> int:
+    """How many times the learning rate fell from one epoch to the next (for ``plateau``: how often
+    it acted)."""
+    lrs = [r["lr"] for r in trainer.history if r["kind"] == "epoch"]
+    return sum(b < a for a, b in zip(lrs, lrs[1:]))
 
 
 def write_result(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
@@ -177,13 +234,10 @@ def label_efficiency(
     same ``held_out`` events. Seed ``s`` draws the labelled events (``data.seed``) and the training
     randomness (``training.seed``), the same for every mode: runs with one seed are paired.
 
-    Returns one row per run (``mode``, ``n_labelled``, ``seed``, ``seconds`` and the 68 % widths of
-    :data:`HEADLINE`, keyed by their labels) and the trained models (EMA weights, on the CPU) by
-    ``(mode, n_labelled, seed)``."""
+    Returns one row per run (``mode``, ``n_labelled``, ``seed``, ``problem`` (:func:`training_problem`),
+    ``seconds`` and the 68 % widths of :data:`HEADLINE`, keyed by their labels) and the trained
+    models (:func:`trained_model`) by ``(mode, n_labelled, seed)``."""
     import time
-
-    from .eval.regress import predict_targets
-    from .eval.resolution import regression_metrics
 
     rows, models = [], {}
     for mode, overrides in modes.items():
@@ -205,33 +259,110 @@ def label_efficiency(
                 )
                 start = time.perf_counter()
                 trainer = run_training(cfg)
-                model = (trainer.ema.module if trainer.ema is not None else trainer.model).cpu()
-                metrics = regression_metrics(*predict_targets(model, held_out))
-                row = {"mode": mode, "n_labelled": n, "seed": seed, "seconds": time.perf_counter() - start}
-                row |= {label: metrics[key]["width68"] for key, label in HEADLINE.items() if key in metrics}
-                rows.append(row)
+                model = trained_model(trainer)
+                row = {"mode": mode, "n_labelled": n, "seed": seed, "problem": training_problem(trainer)}
+                rows.append(row | regression_scores(model, held_out) | {"seconds": time.perf_counter() - start})
                 models[(mode, n, seed)] = model
     return rows, models
 
 
-def mean_and_error(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[int, tuple[float, float, int]]]:
-    """``{mode: {n_labelled: (mean, standard error, seeds)}}`` of ``metric`` over the seeds (the error is
-    NaN with one seed)."""
-    out: dict[str, dict[int, tuple[float, float, int]]] = {}
+def trained_model(trainer: Trainer) -> torch.nn.Module:
+    """What a run hands on (what ``xecbench evaluate`` scores): its EMA weights when it kept an EMA,
+    else the live ones, on the CPU."""
+    return (trainer.ema.module if trainer.ema is not None else trainer.model).cpu()
+
+
+def regression_scores(model: torch.nn.Module, held_out: Any) -> dict[str, float]:
+    """The 68 % widths of :data:`HEADLINE` of a regressor on ``held_out`` events, keyed by their
+    labels (the targets the model has)."""
+    from .eval.regress import predict_targets
+    from .eval.resolution import regression_metrics
+
+    metrics = regression_metrics(*predict_targets(model, held_out))
+    return {label: metrics[key]["width68"] for key, label in HEADLINE.items() if key in metrics}
+
+
+class MeanError(NamedTuple):
+    """A metric over seeds: its mean, the standard error of the mean (NaN with one seed), how many
+    seeds and their values. Prints as ``0.00412 ± 3.1e-05``."""
+
+    mean: float
+    se: float
+    n: int
+    values: tuple[float, ...]
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3g} ± {self.se:.2g}"
+
+
+def mean_error(values: list[float] | np.ndarray) -> MeanError:
+    """Mean, standard error ``std(ddof=1) / sqrt(n)``, count and values of the finite ``values``."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return MeanError(math.nan, math.nan, 0, ())
+    se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+    return MeanError(float(v.mean()), se, int(v.size), tuple(float(x) for x in v))
+
+
+def _value(row: dict[str, Any], metric: str) -> float:
+    """A row's ``metric``, NaN for a run with a problem (so summaries and pairs leave it out)."""
+    return math.nan if row.get("problem") else float(row[metric])
+
+
+def summarise(rows: list[dict[str, Any]], metric: str, key: str = "variant", **where: Any) -> dict[Any, MeanError]:
+    """``{row[key]: MeanError}`` of ``metric`` over the seeds, for the rows matching ``where`` (e.g.
+    ``n_labelled=64``); runs with a problem are left out."""
+    values: dict[Any, list[float]] = {}
     for r in rows:
-        out.setdefault(r["mode"], {}).setdefault(r["n_labelled"], []).append(r[metric])
+        if all(r[k] == v for k, v in where.items()):
+            values.setdefault(r[key], []).append(_value(r, metric))
+    return {name: mean_error(v) for name, v in values.items()}
+
+
+def mean_and_error(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[int, MeanError]]:
+    """``{mode: {n_labelled: MeanError}}`` of ``metric`` over the seeds of :func:`label_efficiency`."""
     return {
-        m: {
-            n: (float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan, len(v))
-            for n, v in by_n.items()
-        }
-        for m, by_n in out.items()
+        mode: summarise(rows, metric, key="n_labelled", mode=mode) for mode in dict.fromkeys(r["mode"] for r in rows)
     }
 
 
-def seed_paired(rows: list[dict[str, Any]], metric: str, a: str, b: str, n_labelled: int) -> tuple[list, list]:
-    """The ``metric`` of modes ``a`` and ``b`` at ``n_labelled``, paired by seed (for
-    :func:`xecbench.eval.paired_verdict`)."""
-    pick = {(r["mode"], r["seed"]): r[metric] for r in rows if r["n_labelled"] == n_labelled}
+def seed_paired(
+    rows: list[dict[str, Any]], metric: str, a: str, b: str, key: str = "variant", **where: Any
+) -> tuple[list[float], list[float]]:
+    """The ``metric`` of ``a`` and ``b`` (values of ``row[key]``) among the rows matching ``where``,
+    paired by seed (for :func:`xecbench.eval.paired_verdict`; a run with a problem gives NaN, which
+    drops its pair)."""
+    pick = {(r[key], r["seed"]): _value(r, metric) for r in rows if all(r[k] == v for k, v in where.items())}
     seeds = sorted({s for m, s in pick if m == a} & {s for m, s in pick if m == b})
     return [pick[(a, s)] for s in seeds], [pick[(b, s)] for s in seeds]
+
+
+def _paired(a: list[float], b: list[float], names: tuple[str, str]) -> PairedComparison:
+    """:func:`paired_verdict` over seeds, or a verdict that says why there is none (fewer than two
+    seeds where both runs trained)."""
+    n = int(np.sum(np.isfinite(a) & np.isfinite(b))) if a else 0
+    if n < 2:
+        verdict = f"{names[0]} and {names[1]} not compared: {n} seed(s) where both trained, a paired test needs 2"
+        return PairedComparison(math.nan, math.nan, n, math.nan, math.nan, None, verdict)
+    return paired_verdict(np.asarray(a), np.asarray(b), names, unit="seeds")
+
+
+def compare_to(
+    rows: list[dict[str, Any]], metric: str, reference: str, key: str = "variant", **where: Any
+) -> dict[str, PairedComparison]:
+    """Every other ``row[key]`` against ``reference`` in ``metric`` (lower is better), each a paired
+    t-test across seeds at 95 % (:func:`xecbench.eval.paired_verdict`): ``verdict`` says "within
+    noise" unless the difference passes it. Several comparisons at 95 % each: expect about one in
+    twenty pairs that do not differ to be called different anyway."""
+    names = [n for n in dict.fromkeys(r[key] for r in rows) if n != reference]
+    return {n: _paired(*seed_paired(rows, metric, n, reference, key, **where), (n, reference)) for n in names}
+
+
+def compare_metrics(
+    rows: list[dict[str, Any]], a: str, b: str, names: tuple[str, str], **where: Any
+) -> PairedComparison:
+    """Two metrics of the same runs, paired by seed (e.g. ``val_ema_loss`` against ``val_loss``: the
+    EMA weights against the live ones), among the rows matching ``where``."""
+    picked = [r for r in rows if all(r[k] == v for k, v in where.items())]
+    return _paired([_value(r, a) for r in picked], [_value(r, b) for r in picked], names)

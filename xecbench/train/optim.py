@@ -55,6 +55,15 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+def ema_warm_step(decay: float) -> int:
+    """The first optimiser step whose warmed-up EMA decay (:func:`ema_decay_at`) reaches ``decay``:
+    ``(1 + t) / (10 + t) >= decay`` for ``t >= (10 decay - 1) / (1 - decay)``."""
+    t = max(1, math.floor((10 * decay - 1) / (1 - decay)) - 1)  # at or below the answer despite rounding
+    while ema_decay_at(t, decay) < decay:
+        t += 1
+    return t
+
+
 def decays(name: str, p: nn.Parameter) -> bool:
     """Whether weight decay applies: weight matrices / kernels of linear and conv layers only."""
     return p.ndim >= 2 and name.rsplit(".", 1)[-1] == "weight"

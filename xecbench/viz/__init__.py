@@ -3,12 +3,12 @@ the mask explorer widget."""
 
 from .curves import (
     plot_attention,
-    plot_face_bars,
     plot_label_efficiency,
     plot_loss_curves,
     plot_lr_curves,
     plot_residuals,
     plot_resolution_vs,
+    plot_seed_means,
 )
 from .display import FaceArtists, draw_face, event_display, face_panels, flat_coords
 from .explorer import mask_explorer, render
@@ -23,11 +23,11 @@ __all__ = [
     "fully_hidden_cells",
     "mask_explorer",
     "plot_attention",
-    "plot_face_bars",
     "plot_loss_curves",
     "plot_lr_curves",
     "plot_mask_units",
     "plot_residuals",
+    "plot_seed_means",
     "plot_resolution_vs",
     "plot_label_efficiency",
     "render",

@@ -1,8 +1,10 @@
-"""Plots for the notebooks: learning-rate and loss curves, per-face bars, attention maps, residuals."""
+"""Plots for the notebooks: learning-rate and loss curves, attention maps, residuals,
+means over seeds with error bars."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -47,20 +49,6 @@ def plot_loss_curves(histories: dict[str, list[dict]], key: str = "val_loss") ->
     return fig
 
 
-def plot_face_bars(table: dict[str, dict[str, float]], ylabel: str = "validation loss") -> Figure:
-    """Grouped bars: ``table[run][face]`` for the six faces."""
-    runs = list(table)
-    faces = list(geo.FACES)
-    fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
-    width = 0.8 / len(runs)
-    for k, run in enumerate(runs):
-        ax.bar(np.arange(len(faces)) + k * width, [table[run][f] for f in faces], width, label=run)
-    ax.set_xticks(np.arange(len(faces)) + 0.4 - width / 2, faces)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8, ncol=3)
-    return fig
-
-
 def plot_attention(maps: dict[str, np.ndarray]) -> Figure:
     """Face-to-face attention ``(6, 6)`` per run (rows attend to columns), one colour scale spanning
     all runs (uniform attention would be 1/6 everywhere)."""
@@ -89,17 +77,42 @@ def plot_residuals(
     return fig
 
 
-def plot_label_efficiency(summary: dict[str, dict[int, tuple[float, float, int]]], ylabel: str) -> Figure:
+def plot_label_efficiency(summary: dict[str, dict[int, Any]], ylabel: str) -> Figure:
     """One line per mode: the metric's mean against the number of labelled events (log x), with
     standard-error bars (from :func:`xecbench.experiments.mean_and_error`)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
     for k, (mode, by_n) in enumerate(summary.items()):
         n = np.array(sorted(by_n), dtype=float)
-        mean = np.array([by_n[int(v)][0] for v in n])
-        err = np.nan_to_num(np.array([by_n[int(v)][1] for v in n]))
+        mean = np.array([by_n[int(v)].mean for v in n])
+        err = np.nan_to_num(np.array([by_n[int(v)].se for v in n]))
         ax.errorbar(n * (1 + 0.04 * (k - 1)), mean, yerr=err, marker="o", capsize=3, label=mode)  # offset to separate
     ax.set(xscale="log", xlabel="labelled training events", ylabel=ylabel)
     ax.legend(fontsize=8)
+    return fig
+
+
+def plot_seed_means(panels: dict[str, dict[str, dict[str, Any]]]) -> Figure:
+    """Means over seeds with standard-error bars and each seed's value as a small dot: one panel per
+    metric (its title), in each one series per entry (e.g. live and EMA weights), one x position per
+    variant. ``panels[metric][series][variant]`` is a :class:`xecbench.experiments.MeanError`
+    (``mean``, ``se``, ``n``, ``values``; from :func:`xecbench.experiments.summarise`)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), layout="constrained", squeeze=False)
+    for ax, (metric, series) in zip(axes[0], panels.items()):
+        variants = list(dict.fromkeys(v for s in series.values() for v in s))
+        x = np.arange(len(variants), dtype=float)
+        step = 0.25 if len(series) > 1 else 0.0
+        for k, (name, summary) in enumerate(series.items()):
+            dx = step * (k - (len(series) - 1) / 2)
+            mean = np.array([summary[v].mean if v in summary else np.nan for v in variants])
+            err = np.nan_to_num(np.array([summary[v].se if v in summary else np.nan for v in variants]))
+            bars = ax.errorbar(x + dx, mean, yerr=err, fmt="o", capsize=4, label=name)
+            for i, v in enumerate(variants):
+                dots = summary[v].values if v in summary else ()
+                ax.plot(np.full(len(dots), x[i] + dx + 0.07), dots, ".", color=bars[0].get_color(), alpha=0.4, ms=4)
+        ax.set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=10)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
     return fig
 
 

@@ -1,0 +1,85 @@
+"""Re-execute the notebooks with the code of this checkout and stamp each with that code's fingerprint.
+
+    python notebooks/execute.py                       # all notebooks, in order (about 10 minutes on 2 cores)
+    python notebooks/execute.py notebooks/02_*.ipynb  # some
+
+Each notebook runs top to bottom in a fresh kernel, in its own folder (as nbval runs it), and is
+written back only if every cell succeeded. Its metadata then records :func:`fingerprint`, a hash of
+the package's code, configs and pinned requirements; ``tests/test_notebooks_current.py`` fails when
+a committed notebook's stamp differs from the checkout's, so no committed output comes from older
+code. Change the package, re-run this, commit the notebooks with the change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+STAMP = "xecbench"  # notebook metadata key: {"code": fingerprint}
+
+
+def code_files(root: Path = REPO) -> list[Path]:
+    """What a notebook's outputs depend on: the package's Python files, its configs and data files,
+    and the pinned requirements (caches and compiled files are not code)."""
+    package = root / "xecbench"
+    files = [p for p in package.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".txt")]
+    files = [p for p in files if "__pycache__" not in p.parts]
+    return sorted([*files, root / "requirements.txt"])
+
+
+def fingerprint(root: Path = REPO) -> str:
+    """sha256 over the paths (relative to ``root``) and contents of :func:`code_files`, 16 hex digits."""
+    h = hashlib.sha256()
+    for path in code_files(root):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def stamp_of(path: Path) -> str | None:
+    """The fingerprint a committed notebook was executed with, or None."""
+    import nbformat
+
+    return nbformat.read(path, as_version=4).metadata.get(STAMP, {}).get("code")
+
+
+def execute(path: Path, timeout: int = 1800) -> float:
+    """Run ``path`` in place, written only if every cell succeeded and the code did not change
+    meanwhile; returns the seconds it took."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    code = fingerprint()
+    start = time.perf_counter()
+    where = {"metadata": {"path": str(path.parent)}}  # the kernel's working folder
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources=where).execute()
+    if fingerprint() != code:
+        raise RuntimeError(f"{path.name}: the code changed while it ran; not written, run it again")
+    nb.metadata[STAMP] = {"code": code}
+    tmp = path.with_suffix(".ipynb.tmp")
+    nbformat.write(nb, tmp)
+    os.replace(tmp, path)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> int:
+    paths = [Path(a).resolve() for a in argv] or sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"execute.py: no such notebook: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    for path in paths:
+        print(f"{path.name}: {execute(path):.0f} s", flush=True)
+    print(f"stamped with code fingerprint {fingerprint()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

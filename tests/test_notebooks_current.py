@@ -1,0 +1,48 @@
+"""The committed notebooks were executed with the code they ship with (``notebooks/execute.py``)."""
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("execute_notebooks", REPO / "notebooks" / "execute.py")
+execute = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(execute)
+
+
+def test_every_notebook_was_executed_with_this_code():
+    current = execute.fingerprint()
+    notebooks = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
+    assert len(notebooks) >= 8
+    stale = [p.name for p in notebooks if execute.stamp_of(p) != current]
+    assert not stale, (
+        f"{len(stale)} notebook(s) were executed with other code than this checkout's ({', '.join(stale)}): "
+        f"run `python notebooks/execute.py` and commit them"
+    )
+
+
+def test_the_fingerprint_follows_code_configs_and_requirements_only(tmp_path):
+    (tmp_path / "xecbench" / "configs").mkdir(parents=True)
+    (tmp_path / "xecbench" / "__pycache__").mkdir()
+    files = {
+        "xecbench/model.py": "x = 1\n",
+        "xecbench/configs/a.yaml": "lr: 1\n",
+        "requirements.txt": "torch==2.13.0\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    first = execute.fingerprint(tmp_path)
+    assert len(first) == 16 and int(first, 16) >= 0
+    # caches, notebooks and run outputs are not code
+    (tmp_path / "xecbench" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\x00")
+    (tmp_path / "xecbench" / "__pycache__" / "stale.py").write_text("y = 2\n")
+    (tmp_path / "notes.md").write_text("text\n")
+    assert execute.fingerprint(tmp_path) == first
+    for name, text in files.items():  # any change to any of them changes it
+        (tmp_path / name).write_text(text + "# edit\n")
+        changed = execute.fingerprint(tmp_path)
+        assert changed != first, name
+        (tmp_path / name).write_text(text)
+    assert execute.fingerprint(tmp_path) == first
+    # a renamed file is another tree
+    (tmp_path / "xecbench" / "model.py").rename(tmp_path / "xecbench" / "layers.py")
+    assert execute.fingerprint(tmp_path) != first
