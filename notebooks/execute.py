@@ -5,14 +5,16 @@
 
 Each notebook runs top to bottom in a fresh kernel, in its own folder (as nbval runs it), and is
 written back only if every cell succeeded. Its metadata then records :func:`fingerprint`, a hash of
-the package's code, configs and pinned requirements; ``tests/test_notebooks_current.py`` fails when
-a committed notebook's stamp differs from the checkout's, so no committed output comes from older
-code. Change the package, re-run this, commit the notebooks with the change.
+the package's code, configs and pinned requirements, and :func:`cells_hash`, a hash of its own code
+cells; ``tests/test_notebooks_current.py`` fails when a committed notebook's stamp differs from the
+checkout's, so no committed output comes from older code or from cells edited since. Change the
+package or a cell, re-run this, commit the notebooks with the change.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import sys
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-STAMP = "xecbench"  # notebook metadata key: {"code": fingerprint}
+STAMP = "xecbench"  # notebook metadata key: {"code": fingerprint(), "cells": cells_hash(nb)}
 
 
 def code_files(root: Path = REPO) -> list[Path]:
@@ -41,11 +43,22 @@ def fingerprint(root: Path = REPO) -> str:
     return h.hexdigest()[:16]
 
 
-def stamp_of(path: Path) -> str | None:
-    """The fingerprint a committed notebook was executed with, or None."""
+def cells_hash(nb: dict) -> str:
+    """sha256 over a notebook's code-cell sources, 16 hex digits (what it ran, not what it printed)."""
+    h = hashlib.sha256()
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            h.update(source.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def stamp_of(path: Path) -> tuple[str | None, str | None]:
+    """``(code fingerprint, cells hash)`` a committed notebook was executed with (None where missing)."""
     import nbformat
 
-    return nbformat.read(path, as_version=4).metadata.get(STAMP, {}).get("code")
+    stamp = nbformat.read(path, as_version=4).metadata.get(STAMP, {})
+    return stamp.get("code"), stamp.get("cells")
 
 
 def execute(path: Path, timeout: int = 1800) -> float:
@@ -61,7 +74,7 @@ def execute(path: Path, timeout: int = 1800) -> float:
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources=where).execute()
     if fingerprint() != code:
         raise RuntimeError(f"{path.name}: the code changed while it ran; not written, run it again")
-    nb.metadata[STAMP] = {"code": code}
+    nb.metadata[STAMP] = {"code": code, "cells": cells_hash(nb)}
     tmp = path.with_suffix(".ipynb.tmp")
     nbformat.write(nb, tmp)
     os.replace(tmp, path)
@@ -73,6 +86,11 @@ def main(argv: list[str]) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         print(f"execute.py: no such notebook: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    spec = importlib.util.find_spec("xecbench")
+    if spec is None or not Path(spec.origin).resolve().is_relative_to(REPO):
+        print(f"execute.py: this interpreter imports xecbench from {spec and spec.origin}, not from {REPO}: "
+              f"run it with the checkout's environment (pip install --no-deps -e .)", file=sys.stderr)
         return 2
     os.environ.setdefault("MPLBACKEND", "Agg")
     for path in paths:

@@ -62,6 +62,9 @@ def test_mean_error_by_hand():
     # sample variance ((4/3)^2 + (1/3)^2 + (5/3)^2) / 2 = 7/3; se = sqrt(7/3 / 3)
     assert m.se == pytest.approx(math.sqrt(7 / 9))
     assert str(m) == "2.33 ± 0.88"
+    # the mean to the precision of its error
+    assert str(mean_error([0.00409, 0.00413, 0.00417])) == "0.004130 ± 2.3e-05"
+    assert str(mean_error([41.0, 43.0, 44.6])) == "42.9 ± 1"
     one = mean_error([5.0])
     assert one.mean == 5.0 and math.isnan(one.se) and one.n == 1
     assert mean_error([]).n == 0 and math.isnan(mean_error([]).mean)
@@ -98,6 +101,15 @@ def test_summaries_and_pairs_leave_failed_runs_out():
     assert summarise(rows, "loss", seed=7) == {"fast": mean_error([0.5])}
 
 
+def test_pairs_refuse_rows_a_filter_should_have_separated():
+    rows = _rows() + [{"variant": "fast", "seed": 0, "problem": None, "loss": 0.3, "ema": 0.3, "n": 2}]
+    for call in (lambda: seed_paired(rows, "loss", "fast", "ref"), lambda: summarise(rows, "loss")):
+        with pytest.raises(ValueError, match="variant='fast' has seed 0 twice"):
+            call()
+    with pytest.raises(ValueError, match=r"no rows with variant='fixed' \(among \['ref', 'fast'"):
+        compare_to(_rows(), "loss", "fixed")
+
+
 def test_verdicts_name_the_test_and_call_only_real_differences():
     verdicts = compare_to(_rows(), "loss", "ref")
     assert list(verdicts) == ["fast", "same", "broken"]
@@ -105,25 +117,48 @@ def test_verdicts_name_the_test_and_call_only_real_differences():
     # differences -0.100, -0.098, -0.096: mean -0.098, se 0.002 / sqrt(3), t = -84.9 > 4.303
     assert fast.better == "fast" and fast.n == 3
     assert fast.t == pytest.approx(-0.098 / (0.002 / math.sqrt(3)))
-    assert "paired t-test over 3 seeds, 95 %" in fast.verdict and "4.30" in fast.verdict
+    assert "paired t-test over 3 seeds, 95 %: |t| = 84.87 > 4.30" in fast.verdict
     assert verdicts["same"].better is None and "within noise" in verdicts["same"].verdict
     assert verdicts["broken"].better is None and "not compared" in verdicts["broken"].verdict
     ema = compare_metrics(_rows(), "ema", "loss", ("EMA", "live"), variant="ref")
     assert ema.better == "EMA" and ema.mean == pytest.approx(-0.01)
 
 
-def test_lr_reductions_count_the_falls_between_epochs():
-    history = [{"kind": "epoch", "lr": v} for v in (1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4)]
-    history.insert(1, {"kind": "step", "lr": 1e-6})  # steps do not count
+def test_lr_reductions_count_the_cuts_that_took_effect():
+    history = [{"kind": "step", "lr": v} for v in (1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4)]
+    # plateau's cut after the last epoch shows in the epoch row only: it changed no step
+    history += [{"kind": "epoch", "lr": 1e-3}, {"kind": "epoch", "lr": 1.25e-4}]
     assert lr_reductions(SimpleNamespace(history=history)) == 2
 
 
 def test_ema_warm_step_against_the_step_by_step_decay():
     from xecbench.train.optim import ema_decay_at, ema_warm_step
 
-    for decay in (0.1, 0.5, 0.8, 0.85, 0.9, 0.95, 0.99, 0.999, 0.9999):
+    for decay in (0.0, 0.1, 0.5, 0.8, 0.85, 0.9, 0.95, 0.99, 0.999, 0.9999):
         first = next(t for t in range(1, 10**6) if ema_decay_at(t, decay) >= decay)
         assert ema_warm_step(decay) == first, decay
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="decay must be in"):
+            ema_warm_step(bad)
+
+
+def test_a_run_that_stops_on_nan_is_named_and_the_others_still_train(monkeypatch, tmp_path):
+    from xecbench import experiments
+    from xecbench.train import NonFiniteLossError
+
+    def fake_training(cfg):
+        if cfg.training.seed == 1:
+            raise NonFiniteLossError("training loss became NaN/inf at optimiser step 3 (epoch 1)")
+        history = [{"kind": "step", "loss": 1.0}, {"kind": "epoch", "train_loss": 0.5, "val_loss": 0.4}]
+        return SimpleNamespace(history=history, run_dir=cfg.training.run_dir)
+
+    monkeypatch.setattr(experiments, "run_training", fake_training)
+    runs = experiments.run_variants({"a": []}, run_root=tmp_path, seeds=[0, 1, 2])
+    assert isinstance(runs["a"][1], experiments.FailedRun) and runs["a"][1].history == ()
+    rows = experiments.variant_rows(runs)
+    assert [r["problem"] is None for r in rows] == [True, False, True]
+    assert "seed_1: training loss became NaN/inf at optimiser step 3" in rows[1]["problem"]
+    assert "val_loss" not in rows[1] and summarise(rows, "val_loss")["a"].n == 2
 
 
 def test_plot_seed_means_draws_bars_and_every_seed():

@@ -9,15 +9,29 @@ execute = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(execute)
 
 
-def test_every_notebook_was_executed_with_this_code():
+def test_every_notebook_was_executed_with_this_code_and_these_cells():
+    import nbformat
+
     current = execute.fingerprint()
     notebooks = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
     assert len(notebooks) >= 8
-    stale = [p.name for p in notebooks if execute.stamp_of(p) != current]
+    ran = {p.name: (current, execute.cells_hash(nbformat.read(p, as_version=4))) for p in notebooks}
+    stale = [p.name for p in notebooks if execute.stamp_of(p) != ran[p.name]]
     assert not stale, (
-        f"{len(stale)} notebook(s) were executed with other code than this checkout's ({', '.join(stale)}): "
-        f"run `python notebooks/execute.py` and commit them"
+        f"{len(stale)} notebook(s) were executed with other code or other cells than this checkout's "
+        f"({', '.join(stale)}): run `python notebooks/execute.py` and commit them"
     )
+
+
+def test_the_cells_hash_follows_the_code_cells_only():
+    cells = [{"cell_type": "code", "source": "x = 1\n", "outputs": []}, {"cell_type": "markdown", "source": "# a"}]
+    nb = {"cells": cells}
+    first = execute.cells_hash(nb)
+    cells[1]["source"] = "# another title"  # prose and outputs are not what ran
+    cells[0]["outputs"] = [{"text": "1"}]
+    assert execute.cells_hash(nb) == first
+    cells[0]["source"] = ["x = 2\n"]  # a cell's source, also as a list of lines
+    assert execute.cells_hash(nb) != first
 
 
 def test_the_fingerprint_follows_code_configs_and_requirements_only(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,7 +23,7 @@ from .data.io import atomic_path, save_npz
 from .eval.stats import PairedComparison, paired_verdict
 from .nn import SensorMask
 from .sweep import RESULT_FILE
-from .train import Trainer, load_config, run_training
+from .train import NonFiniteLossError, Trainer, load_config, run_training
 from .train.config import PACKAGED_CONFIGS
 
 CONFIGS = PACKAGED_CONFIGS  # the packaged configs, e.g. CONFIGS / "mae_tiny.yaml"
@@ -43,6 +44,23 @@ def simulate_once(
     return [f"data.source={paths['train']}", f"data.val_source={paths['val']}", f"data.n_train={n_train}"]
 
 
+@dataclass(frozen=True)
+class FailedRun:
+    """A run that stopped on a NaN/inf loss or weights (:class:`~xecbench.train.NonFiniteLossError`):
+    a comparison names it and leaves it out instead of stopping."""
+
+    run_dir: Path
+    error: str
+    history: tuple = ()  # nothing to plot
+
+
+def _train(cfg: Any) -> Trainer | FailedRun:
+    try:
+        return run_training(cfg)
+    except NonFiniteLossError as exc:
+        return FailedRun(Path(cfg.training.run_dir), str(exc))
+
+
 def run_variants(
     variants: dict[str, list[str]],
     common: list[str] | None = None,
@@ -53,7 +71,8 @@ def run_variants(
     """Train one model per variant and seed: ``variants[name]`` are ``key=value`` overrides on top of
     ``config`` and ``common``, and seed ``s`` sets ``training.seed`` (initial weights, masks, batch
     order), the same for every variant, so runs with one seed are paired. Each run writes into
-    ``run_root/name/seed_s``. Returns the trainers as ``runs[name][seed]``."""
+    ``run_root/name/seed_s``. Returns the trainers as ``runs[name][seed]``; a run that stopped on a
+    NaN/inf loss is a :class:`FailedRun` there (the others still train)."""
     if not seeds:
         raise ValueError("run_variants: seeds is empty; give at least one seed")
     out: dict[str, dict[int, Trainer]] = {}
@@ -62,19 +81,20 @@ def run_variants(
         for seed in seeds:
             run_dir = Path(run_root) / name / f"seed_{seed}"
             extra = [f"training.seed={seed}", f"training.run_dir={run_dir}"]
-            out[name][seed] = run_training(load_config(config, [*(common or []), *overrides, *extra]))
+            out[name][seed] = _train(load_config(config, [*(common or []), *overrides, *extra]))
     return out
 
 
 def variant_rows(
-    runs: dict[str, dict[int, Trainer]], score: Callable[[Trainer], dict[str, float]] | None = None
+    runs: dict[str, dict[int, Trainer | FailedRun]], score: Callable[[Trainer], dict[str, float]] | None = None
 ) -> list[dict[str, Any]]:
     """One row per run of :func:`run_variants`: ``variant``, ``seed``, ``problem`` (what
     :func:`training_problem` found, or None) and the run's numbers, ``score(trainer)`` (default: its
-    last epoch, :func:`final_metrics`)."""
+    last epoch, :func:`final_metrics`; none for a :class:`FailedRun`)."""
     score = score or final_metrics
     return [
-        {"variant": name, "seed": seed, "problem": training_problem(t), **score(t)}
+        {"variant": name, "seed": seed, "problem": training_problem(t)}
+        | ({} if isinstance(t, FailedRun) else score(t))
         for name, by_seed in runs.items()
         for seed, t in by_seed.items()
     ]
@@ -83,18 +103,24 @@ def variant_rows(
 DIVERGED = 1.5  # a last epoch's training loss this many times the first step's: the run diverged
 
 
-def training_problem(trainer: Trainer) -> str | None:
-    """What makes a finished run unusable, or None: a logged loss that is NaN/inf, or divergence (the
-    last epoch's training loss above :data:`DIVERGED` times the first logged step's, the loss of the
-    initial weights on one batch; a run that blew up and partly recovered still ends far above it).
+def training_problem(trainer: Trainer | FailedRun) -> str | None:
+    """What makes a run unusable, or None: it stopped on a NaN/inf loss (:class:`FailedRun`), a
+    logged loss is NaN/inf, it has no finished epoch, or it diverged (the last epoch's training loss
+    above :data:`DIVERGED` times the first logged step's: nearly the initial weights' loss on one
+    batch, exactly that with ``training.log_every=1``; a run that blew up and partly recovered still
+    ends far above it).
 
     A comparison leaves such runs out. A run that merely learned little is a result, not a problem:
     leaving it out would flatter its variant."""
+    if isinstance(trainer, FailedRun):
+        return f"{trainer.run_dir}: {trainer.error}"
     steps = [r["loss"] for r in trainer.history if r["kind"] == "step"]
     epochs = [r for r in trainer.history if r["kind"] == "epoch"]
     losses = steps + [v for r in epochs for k, v in r.items() if "loss" in k]
     if not all(math.isfinite(v) for v in losses):
         return f"{trainer.run_dir}: a logged loss is NaN/inf"
+    if not epochs:
+        return f"{trainer.run_dir}: no epoch finished"
     last = epochs[-1]["train_loss"]
     if steps and last > DIVERGED * steps[0]:
         return f"{trainer.run_dir}: training loss diverged (first step {steps[0]:.4g}, last epoch {last:.4g})"
@@ -148,9 +174,9 @@ def mean_fusion_attention(model: torch.nn.Module, batch: dict, layer: int = -1) 
 
 
 def lr_reductions(trainer: Trainer) -> int:
-    """How many times the learning rate fell from one epoch to the next (for ``plateau``: how often
-    it acted)."""
-    lrs = [r["lr"] for r in trainer.history if r["kind"] == "epoch"]
+    """How many times the learning rate fell between logged optimiser steps (for ``plateau``: how
+    often it acted with an effect; a cut after the last step changed nothing and is not counted)."""
+    lrs = [r["lr"] for r in trainer.history if r["kind"] == "step"]
     return sum(b < a for a, b in zip(lrs, lrs[1:]))
 
 
@@ -229,14 +255,15 @@ def label_efficiency(
     config: str | Path = CONFIGS / "regress_tiny.yaml",
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, int, int], torch.nn.Module]]:
     """Train a regressor for every mode (``key=value`` overrides, e.g. from scratch or from an MAE,
-    frozen or fine-tuned) x number of labelled events x seed, each for the same number of optimiser
-    ``steps`` (so a small labelled set is seen for more epochs), and score its EMA weights on the
+    frozen or fine-tuned) x number of labelled events x seed, each for whole epochs adding up to at
+    least ``steps`` optimiser steps (``ceil(steps * batch / n)`` epochs: a small labelled set is seen
+    for more epochs, and ends a little past ``steps``), and score its EMA weights on the
     same ``held_out`` events. Seed ``s`` draws the labelled events (``data.seed``) and the training
     randomness (``training.seed``), the same for every mode: runs with one seed are paired.
 
     Returns one row per run (``mode``, ``n_labelled``, ``seed``, ``problem`` (:func:`training_problem`),
     ``seconds`` and the 68 % widths of :data:`HEADLINE`, keyed by their labels) and the trained
-    models (:func:`trained_model`) by ``(mode, n_labelled, seed)``."""
+    models (:func:`trained_model`) by ``(mode, n_labelled, seed)`` (none for a :class:`FailedRun`)."""
     import time
 
     rows, models = [], {}
@@ -258,17 +285,18 @@ def label_efficiency(
                     ],
                 )
                 start = time.perf_counter()
-                trainer = run_training(cfg)
-                model = trained_model(trainer)
+                trainer = _train(cfg)
                 row = {"mode": mode, "n_labelled": n, "seed": seed, "problem": training_problem(trainer)}
-                rows.append(row | regression_scores(model, held_out) | {"seconds": time.perf_counter() - start})
-                models[(mode, n, seed)] = model
+                if not isinstance(trainer, FailedRun):
+                    models[(mode, n, seed)] = trained_model(trainer)
+                    row |= regression_scores(models[(mode, n, seed)], held_out)
+                rows.append(row | {"seconds": time.perf_counter() - start})
     return rows, models
 
 
 def trained_model(trainer: Trainer) -> torch.nn.Module:
     """What a run hands on (what ``xecbench evaluate`` scores): its EMA weights when it kept an EMA,
-    else the live ones, on the CPU."""
+    else the live ones, moved to the CPU (the trainer's own module, not a copy)."""
     return (trainer.ema.module if trainer.ema is not None else trainer.model).cpu()
 
 
@@ -284,7 +312,7 @@ def regression_scores(model: torch.nn.Module, held_out: Any) -> dict[str, float]
 
 class MeanError(NamedTuple):
     """A metric over seeds: its mean, the standard error of the mean (NaN with one seed), how many
-    seeds and their values. Prints as ``0.00412 ± 3.1e-05``."""
+    seeds and their values. Prints as ``0.004120 ± 3.1e-05``."""
 
     mean: float
     se: float
@@ -292,7 +320,11 @@ class MeanError(NamedTuple):
     values: tuple[float, ...]
 
     def __str__(self) -> str:
-        return f"{self.mean:.3g} ± {self.se:.2g}"
+        """The mean to the precision of its error (two digits of the error)."""
+        if not (math.isfinite(self.se) and self.se > 0):
+            return f"{self.mean:.3g} ± {self.se:.2g}"
+        digits = max(0, 1 - math.floor(math.log10(self.se)))
+        return f"{self.mean:.{digits}f} ± {self.se:.2g}"
 
 
 def mean_error(values: list[float] | np.ndarray) -> MeanError:
@@ -310,14 +342,26 @@ def _value(row: dict[str, Any], metric: str) -> float:
     return math.nan if row.get("problem") else float(row[metric])
 
 
+def _by_seed(rows: list[dict[str, Any]], metric: str, key: str, where: dict[str, Any]) -> dict[Any, dict]:
+    """``{row[key]: {seed: value}}`` among the rows matching ``where``; a (key, seed) pair twice means
+    the rows differ in a column ``where`` should have fixed (e.g. ``n_labelled``)."""
+    out: dict[Any, dict] = {}
+    for r in rows:
+        if all(r[k] == v for k, v in where.items()):
+            seeds = out.setdefault(r[key], {})
+            if r["seed"] in seeds:
+                raise ValueError(
+                    f"{key}={r[key]!r} has seed {r['seed']} twice among the rows matching {where}: "
+                    f"fix the other columns with keyword filters (e.g. n_labelled=...)"
+                )
+            seeds[r["seed"]] = _value(r, metric)
+    return out
+
+
 def summarise(rows: list[dict[str, Any]], metric: str, key: str = "variant", **where: Any) -> dict[Any, MeanError]:
     """``{row[key]: MeanError}`` of ``metric`` over the seeds, for the rows matching ``where`` (e.g.
     ``n_labelled=64``); runs with a problem are left out."""
-    values: dict[Any, list[float]] = {}
-    for r in rows:
-        if all(r[k] == v for k, v in where.items()):
-            values.setdefault(r[key], []).append(_value(r, metric))
-    return {name: mean_error(v) for name, v in values.items()}
+    return {name: mean_error(list(v.values())) for name, v in _by_seed(rows, metric, key, where).items()}
 
 
 def mean_and_error(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[int, MeanError]]:
@@ -333,9 +377,9 @@ def seed_paired(
     """The ``metric`` of ``a`` and ``b`` (values of ``row[key]``) among the rows matching ``where``,
     paired by seed (for :func:`xecbench.eval.paired_verdict`; a run with a problem gives NaN, which
     drops its pair)."""
-    pick = {(r[key], r["seed"]): _value(r, metric) for r in rows if all(r[k] == v for k, v in where.items())}
-    seeds = sorted({s for m, s in pick if m == a} & {s for m, s in pick if m == b})
-    return [pick[(a, s)] for s in seeds], [pick[(b, s)] for s in seeds]
+    by = _by_seed(rows, metric, key, where)
+    seeds = sorted(set(by.get(a, {})) & set(by.get(b, {})))
+    return [by[a][s] for s in seeds], [by[b][s] for s in seeds]
 
 
 def _paired(a: list[float], b: list[float], names: tuple[str, str]) -> PairedComparison:
@@ -355,7 +399,10 @@ def compare_to(
     t-test across seeds at 95 % (:func:`xecbench.eval.paired_verdict`): ``verdict`` says "within
     noise" unless the difference passes it. Several comparisons at 95 % each: expect about one in
     twenty pairs that do not differ to be called different anyway."""
-    names = [n for n in dict.fromkeys(r[key] for r in rows) if n != reference]
+    names = list(_by_seed(rows, metric, key, where))
+    if reference not in names:
+        raise ValueError(f"compare_to: no rows with {key}={reference!r} (among {names})")
+    names.remove(reference)
     return {n: _paired(*seed_paired(rows, metric, n, reference, key, **where), (n, reference)) for n in names}
 
 
@@ -364,5 +411,6 @@ def compare_metrics(
 ) -> PairedComparison:
     """Two metrics of the same runs, paired by seed (e.g. ``val_ema_loss`` against ``val_loss``: the
     EMA weights against the live ones), among the rows matching ``where``."""
-    picked = [r for r in rows if all(r[k] == v for k, v in where.items())]
-    return _paired([_value(r, a) for r in picked], [_value(r, b) for r in picked], names)
+    first, second = _by_seed(rows, a, "seed", where), _by_seed(rows, b, "seed", where)  # one row per seed
+    seeds = sorted(first)
+    return _paired([first[s][s] for s in seeds], [second[s][s] for s in seeds], names)

@@ -92,8 +92,8 @@ def paired_verdict(
     test = f"paired t-test over {n} {unit}, 95 %"
     if abs(t) > crit:
         better, worse = (names[1], names[0]) if mean > 0 else names
-        verdict = f"{better} is better than {worse} ({test}: |t| = {abs(t):.1f} > {crit:.2f})"
+        verdict = f"{better} is better than {worse} ({test}: |t| = {abs(t):.2f} > {crit:.2f})"
     else:
         better = None
-        verdict = f"{names[0]} and {names[1]} are within noise ({test}: |t| = {abs(t):.1f} < {crit:.2f})"
+        verdict = f"{names[0]} and {names[1]} are within noise ({test}: |t| = {abs(t):.2f} <= {crit:.2f})"
     return PairedComparison(mean, se, n, t, crit, better, verdict)

@@ -58,6 +58,8 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
 def ema_warm_step(decay: float) -> int:
     """The first optimiser step whose warmed-up EMA decay (:func:`ema_decay_at`) reaches ``decay``:
     ``(1 + t) / (10 + t) >= decay`` for ``t >= (10 decay - 1) / (1 - decay)``."""
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"ema_warm_step: decay must be in [0, 1), got {decay}")
     t = max(1, math.floor((10 * decay - 1) / (1 - decay)) - 1)  # at or below the answer despite rounding
     while ema_decay_at(t, decay) < decay:
         t += 1
