@@ -117,7 +117,11 @@ def test_verdicts_name_the_test_and_call_only_real_differences():
     # differences -0.100, -0.098, -0.096: mean -0.098, se 0.002 / sqrt(3), t = -84.9 > 4.303
     assert fast.better == "fast" and fast.n == 3
     assert fast.t == pytest.approx(-0.098 / (0.002 / math.sqrt(3)))
-    assert "paired t-test over 3 seeds, 95 %: |t| = 84.87 > 4.30" in fast.verdict
+    assert fast.p == pytest.approx(1 - abs(fast.t) / math.sqrt(2 + fast.t**2))  # two-sided, 2 degrees of freedom
+    # decided as a family of the two tested comparisons (broken has no test): Holm's threshold 0.05 / 2
+    assert "paired t-test over 3 seeds, Holm-corrected over 2 comparisons at 95 %: p = 0.00014 <= 0.025" in fast.verdict
+    alone = compare_to(_rows(), "loss", "ref", correct=False)["fast"]
+    assert "paired t-test over 3 seeds, 95 %: |t| = 84.87 > 4.30" in alone.verdict
     assert verdicts["same"].better is None and "within noise" in verdicts["same"].verdict
     assert verdicts["broken"].better is None and "not compared" in verdicts["broken"].verdict
     ema = compare_metrics(_rows(), "ema", "loss", ("EMA", "live"), variant="ref")

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from xecbench.eval import paired_verdict
+from xecbench.eval import PairedComparison, holm, paired_verdict, t_sf
 
 
 def test_hand_computed_case():
@@ -74,3 +74,41 @@ def test_t_quantiles_against_known_values():
         assert t_critical(dof) == pytest.approx(ref, abs=2e-3)
     with pytest.raises(ValueError, match="at least 1 degree"):
         t_critical(0)
+
+
+def test_t_tail_against_closed_forms_and_the_quantile_table():
+    from xecbench.eval.stats import t_critical
+
+    for t in (0.0, 0.3, 1.0, 4.3, 50.0):
+        assert t_sf(t, 1) == pytest.approx(0.5 - math.atan(t) / math.pi, rel=1e-12)  # Cauchy
+        assert t_sf(t, 2) == pytest.approx(0.5 - t / (2 * math.sqrt(2 + t * t)), rel=1e-12)
+        assert t_sf(-t, 7) == pytest.approx(1 - t_sf(t, 7), rel=1e-12)
+    for dof in range(1, 31):  # the table's 95 % two-sided quantiles, to their 4 digits
+        assert t_sf(t_critical(dof), dof) == pytest.approx(0.025, abs=3e-5)
+    assert t_sf(1.959964, 10**7) == pytest.approx(0.025, abs=1e-6)  # the normal limit
+    assert t_sf(math.inf, 3) == 0.0 and t_sf(-math.inf, 3) == 1.0
+    with pytest.raises(ValueError, match="degree of freedom"):
+        t_sf(1.0, 0)
+
+
+def _with_p(p, name):
+    return PairedComparison(-1.0, 0.1, 5, -10.0, 2.776, name, "unused", p, (name, "ref"), "seeds")
+
+
+def test_holm_steps_down_and_stops_at_the_first_miss():
+    # sorted p 0.01, 0.03, 0.04 against 0.05/3, 0.05/2, 0.05/1: the second misses, so the third is
+    # not tested even though 0.04 <= 0.05
+    out = holm({"a": _with_p(0.04, "a"), "b": _with_p(0.01, "b"), "c": _with_p(0.03, "c")})
+    assert [out[k].better for k in "abc"] == [None, "b", None]
+    assert "Holm-corrected over 3 comparisons at 95 %: p = 0.01 <= 0.017" in out["b"].verdict
+    assert out["c"].verdict.startswith("c and ref are within noise") and "p = 0.03 > 0.025" in out["c"].verdict
+    # more power than Bonferroni (0.05/3 for all): 0.02 and 0.04 pass Holm's 0.025 and 0.05
+    out = holm({"a": _with_p(0.001, "a"), "b": _with_p(0.02, "b"), "c": _with_p(0.04, "c")})
+    assert all(out[k].better == k for k in "abc")
+    # an untested comparison passes through and does not count in m
+    untested = _with_p(math.nan, "d")
+    out = holm({"a": _with_p(0.04, "a"), "d": untested})
+    assert out["d"] is untested and out["a"].better == "a" and "Holm-corrected over 1 comparison at" in out["a"].verdict
+    # the direction comes from the mean difference
+    worse = holm({"a": PairedComparison(2.0, 0.1, 5, 20.0, 2.776, "ref", "x", 1e-4, ("a", "ref"), "seeds")})
+    assert worse["a"].better == "ref" and worse["a"].verdict.startswith("ref is better than a")

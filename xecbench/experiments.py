@@ -20,7 +20,7 @@ import torch
 
 from .data import SimConfig, simulate
 from .data.io import atomic_path, save_npz
-from .eval.stats import PairedComparison, paired_verdict
+from .eval.stats import PairedComparison, holm, paired_verdict
 from .nn import SensorMask
 from .sweep import RESULT_FILE
 from .train import NonFiniteLossError, Trainer, load_config, run_training
@@ -393,24 +393,27 @@ def _paired(a: list[float], b: list[float], names: tuple[str, str]) -> PairedCom
 
 
 def compare_to(
-    rows: list[dict[str, Any]], metric: str, reference: str, key: str = "variant", **where: Any
+    rows: list[dict[str, Any]], metric: str, reference: str, key: str = "variant", correct: bool = True, **where: Any
 ) -> dict[str, PairedComparison]:
     """Every other ``row[key]`` against ``reference`` in ``metric`` (lower is better), each a paired
-    t-test across seeds at 95 % (:func:`xecbench.eval.paired_verdict`): ``verdict`` says "within
-    noise" unless the difference passes it. Several comparisons at 95 % each: expect about one in
-    twenty pairs that do not differ to be called different anyway."""
+    t-test across seeds (:func:`xecbench.eval.paired_verdict`): ``verdict`` says "within noise"
+    unless the difference passes it. With ``correct`` (default) the comparisons are decided as one
+    family by Holm's method (:func:`xecbench.eval.holm`), so the chance that any of them calls a
+    non-difference "better" stays at 5 %; without it, each is a test at 95 % on its own."""
     names = list(_by_seed(rows, metric, key, where))
     if reference not in names:
         raise ValueError(f"compare_to: no rows with {key}={reference!r} (among {names})")
     names.remove(reference)
-    return {n: _paired(*seed_paired(rows, metric, n, reference, key, **where), (n, reference)) for n in names}
+    out = {n: _paired(*seed_paired(rows, metric, n, reference, key, **where), (n, reference)) for n in names}
+    return holm(out) if correct else out
 
 
 def compare_metrics(
     rows: list[dict[str, Any]], a: str, b: str, names: tuple[str, str], **where: Any
 ) -> PairedComparison:
     """Two metrics of the same runs, paired by seed (e.g. ``val_ema_loss`` against ``val_loss``: the
-    EMA weights against the live ones), among the rows matching ``where``."""
+    EMA weights against the live ones), among the rows matching ``where``; one test at 95 % (pass
+    several to :func:`xecbench.eval.holm` to decide them as a family)."""
     first, second = _by_seed(rows, a, "seed", where), _by_seed(rows, b, "seed", where)  # one row per seed
     seeds = sorted(first)
     return _paired([first[s][s] for s in seeds], [second[s][s] for s in seeds], names)

@@ -1,5 +1,5 @@
 """Evaluation: models against the classical baselines (inpainting per face, regression per target),
-residual and resolution metrics, paired verdicts."""
+residual and resolution metrics, paired verdicts (one, or a family with Holm's correction)."""
 
 from ..baselines import estimate_source, neighbour_average, solid_angle_estimate, solid_angles
 from ..reco import ClassicalReco
@@ -8,7 +8,7 @@ from .metrics import metrics_by_face, residual_stats
 from .reconstruct import reconstruct
 from .regress import compare_regression, predict_targets
 from .resolution import energy_in_bins, format_regression_table, regression_metrics
-from .stats import PairedComparison, paired_verdict
+from .stats import PairedComparison, holm, paired_verdict, t_sf
 
 __all__ = [
     "ClassicalReco",
@@ -20,6 +20,7 @@ __all__ = [
     "compare_inpainting",
     "format_table",
     "gap_closed",
+    "holm",
     "estimate_source",
     "metrics_by_face",
     "neighbour_average",
@@ -29,4 +30,5 @@ __all__ = [
     "residual_stats",
     "solid_angle_estimate",
     "solid_angles",
+    "t_sf",
 ]
