@@ -2,9 +2,7 @@
 
 Under pytest-xdist (README's test command runs one worker per core), each worker and every notebook
 kernel it starts computes on one thread: torch's own threads on top of one process per core would
-oversubscribe the cores. The long items (the notebooks and the browser test, a minute or more each)
-run first, so the many short unit tests fill the workers' gaps at the end instead of one worker
-finishing a notebook alone."""
+oversubscribe the cores."""
 
 import os
 
@@ -17,11 +15,3 @@ def pytest_configure(config) -> None:
         import torch
 
         torch.set_num_threads(1)
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    def long(item) -> bool:
-        path = item.path.as_posix()
-        return path.endswith(".ipynb") or "/tests/browser/" in path
-
-    items.sort(key=lambda item: not long(item))  # stable: the order within each group is kept
