@@ -41,10 +41,18 @@ def neighbour_sums(values: torch.Tensor, radius: float = 11.0, max_k: int = 8) -
     # sensors first, so that a gather copies whole rows of B * C numbers (an index over the
     # sensor axis of (B, N) is several times slower); one gather per neighbour slot serves all C
     # quantities and never materialises the (N, K, B * C) block
-    rows = torch.cat([values.permute(1, 0, 2).reshape(N, B * C), values.new_zeros(1, B * C)])
+    rows = values.new_empty(N + 1, B, C)  # one copy into the transposed layout, spare row included
+    rows[:N] = values.transpose(0, 1)
+    rows[N] = 0
+    rows = rows.view(N + 1, B * C)
     sums = rows.index_select(0, table[0])
-    for ids in table[1:]:
-        sums += rows.index_select(0, ids)
+    if rows.requires_grad:  # out= does not record gradients
+        for ids in table[1:]:
+            sums = sums + rows.index_select(0, ids)
+    else:  # one buffer for every slot (a fresh large tensor per slot costs more than the gather)
+        slot = torch.empty_like(sums)
+        for ids in table[1:]:
+            sums += torch.index_select(rows, 0, ids, out=slot)
     return sums.view(N, B, C).permute(1, 0, 2)
 
 

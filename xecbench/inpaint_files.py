@@ -268,34 +268,49 @@ def _write_group(target, members, inpainter, identity, fill, dead_channels, tree
             diff = sorted(set(other.items()) ^ set(types.items()))
             raise DataFormatError(f"{p}: its branches differ from {first_path}'s ({diff}); write to a folder instead")
     compression = getattr(first_tree.file, "compression", None) or uproot.ZLIB(1)
+    # fixed-size and scalar branches only: read as numpy, several times faster than awkward arrays
+    library = "ak" if counters else "np"
     with atomic_path(target) as tmp, uproot.recreate(tmp, compression=compression) as f:
         out_tree = None
-        for p, t in members:
-            for chunk in _chunks(t, p, names, step):
-                n = len(chunk[names[0]])
-                npho = _as_matrix(chunk[npho_b], p, npho_b, N_CHANNELS)
-                time = _as_matrix(chunk[time_b], p, time_b, N_CHANNELS)
-                mask = fill_mask(npho, fill, dead_channels)
-                new_npho, new_time = inpaint_arrays(inpainter, npho, time, mask, batch)
-                arrays = {k: chunk[k] for k in names}
-                # replaced values in the branch's own dtype; the others are the file's, untouched
-                arrays[npho_b] = _like(np.where(mask, new_npho.astype(npho.dtype), npho), chunk[npho_b])
-                if inpainter.fill_time:
-                    arrays[time_b] = _like(np.where(mask, new_time.astype(time.dtype), time), chunk[time_b])
-                arrays[FLAG_BRANCH] = mask
-                if out_tree is None:
-                    branch_types = {k: _branch_type(v) for k, v in arrays.items()}
-                    out_tree = f.mktree(tree, branch_types, counter_name=lambda name: counters.get(name, "n" + name))
-                try:
-                    out_tree.extend(arrays)
-                except Exception as exc:
-                    raise DataFormatError(f"{p}: writing tree {tree!r} to {target} failed: {_one_line(exc)}") from exc
-                bar.update(n)
+        # one chunk is compressed and written in a second thread while the next one is inpainted
+        # (zlib releases the GIL); one at a time, in order
+        with ThreadPoolExecutor(1) as writer:
+            pending = None
+            for p, t in members:
+                for chunk in _chunks(t, p, names, step, library):
+                    n = len(chunk[names[0]])
+                    npho = _as_matrix(chunk[npho_b], p, npho_b, N_CHANNELS)
+                    time = _as_matrix(chunk[time_b], p, time_b, N_CHANNELS)
+                    mask = fill_mask(npho, fill, dead_channels)
+                    new_npho, new_time = inpaint_arrays(inpainter, npho, time, mask, batch)
+                    arrays = {k: chunk[k] for k in names}
+                    # replaced values in the branch's own dtype; the others are the file's, untouched
+                    arrays[npho_b] = _like(np.where(mask, new_npho.astype(npho.dtype), npho), chunk[npho_b])
+                    if inpainter.fill_time:
+                        arrays[time_b] = _like(np.where(mask, new_time.astype(time.dtype), time), chunk[time_b])
+                    arrays[FLAG_BRANCH] = mask
+                    if out_tree is None:
+                        branch_types = {k: _branch_type(v) for k, v in arrays.items()}
+                        counter = lambda name: counters.get(name, "n" + name)  # noqa: E731
+                        out_tree = f.mktree(tree, branch_types, counter_name=counter)
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(_extend, out_tree, arrays, p, tree, target, bar, n)
+            if pending is not None:
+                pending.result()
         f[IDENTITY_KEY] = json.dumps({**identity, "inputs": [str(p) for p, _ in members]})
 
 
-def _chunks(t: uproot.TTree, path: Path, names: list[str], step: int):
-    it = t.iterate(names, step_size=step, library="ak")
+def _extend(out_tree, arrays: dict, path: Path, tree: str, target: Path, bar, n: int) -> None:
+    try:
+        out_tree.extend(arrays)
+    except Exception as exc:
+        raise DataFormatError(f"{path}: writing tree {tree!r} to {target} failed: {_one_line(exc)}") from exc
+    bar.update(n)
+
+
+def _chunks(t: uproot.TTree, path: Path, names: list[str], step: int, library: str = "ak"):
+    it = t.iterate(names, step_size=step, library=library)
     while True:
         try:
             yield next(it)
@@ -307,7 +322,7 @@ def _chunks(t: uproot.TTree, path: Path, names: list[str], step: int):
 
 def _like(values: np.ndarray, original: ak.Array) -> ak.Array | np.ndarray:
     """``values (n, 4760)`` (in the branch's dtype) in the original branch's layout: fixed-size or jagged."""
-    if str(ak.type(original).content).startswith("var"):
+    if not isinstance(original, np.ndarray) and str(ak.type(original).content).startswith("var"):
         return ak.from_regular(ak.Array(values), axis=1)
     return values
 

@@ -110,7 +110,9 @@ class GridFaceEncoder(nn.Module):
 
     def forward(self, img: torch.Tensor, mask: torch.Tensor):
         img, mask = pad_to_multiple(img, mask, self.stem_k)
-        x = self.stem(zero_masked(img, mask))
+        # channels-last from here on: the blocks' pointwise halves work on (B, H, W, C) anyway, and
+        # oneDNN's depthwise 7x7 backward runs several times faster on it than on channels-first
+        x = self.stem(zero_masked(img, mask)).contiguous(memory_format=torch.channels_last)
         if self.stem_k > 1:
             mask = downsample_mask(mask, self.stem_k)
         x = zero_masked(self.stem_norm(x), mask)

@@ -76,15 +76,23 @@ class GridHead(nn.Module):
 
         Two 3x3 convolutions see a 5x5 patch, so each cell costs 9 + 1 positions instead of a whole
         face: inference that fills a few dead channels skips almost all of the work."""
-        H, W = at.shape[1:]
         b, r, c = at.nonzero(as_tuple=True)  # (Q,) each; a data-dependent size: inference only
         x = F.pad(torch.cat([img, hidden.to(img.dtype)], dim=1), (2, 2, 2, 2))  # the dense convs' zero padding
         off = torch.arange(5, device=img.device)
         rows, cols = (r[:, None] + off)[:, :, None], (c[:, None] + off)[:, None, :]  # (Q, 5, 1), (Q, 1, 5)
         patch = x[b[:, None, None], :, rows, cols].permute(0, 3, 1, 2)  # (Q, C, 5, 5)
-        h = F.gelu(F.conv2d(patch, self.conv1.weight, self.conv1.bias) + self.token_proj(token)[b][..., None, None])
+        return self.patch_forward(patch, token[b], r, c, at.shape[1:])
+
+    def patch_forward(
+        self, patch: torch.Tensor, token: torch.Tensor, r: torch.Tensor, c: torch.Tensor, shape: tuple[int, int]
+    ) -> torch.Tensor:
+        """Patches ``(Q, C, 5, 5)`` of the input (zero outside the face) centred on cells ``(r, c)``
+        of a face of ``shape``, with their events' tokens ``(Q, D)`` -> the correction there ``(Q, 2)``."""
+        H, W = shape
+        h = F.gelu(F.conv2d(patch, self.conv1.weight, self.conv1.bias) + self.token_proj(token)[..., None, None])
         # the second convolution's zero padding: hidden-layer sites outside the face count as 0
-        rr, cc = r[:, None] - 1 + off[:3], c[:, None] - 1 + off[:3]  # (Q, 3) each
+        off = torch.arange(3, device=patch.device)
+        rr, cc = r[:, None] - 1 + off, c[:, None] - 1 + off  # (Q, 3) each
         inside = ((rr >= 0) & (rr < H))[:, :, None] & ((cc >= 0) & (cc < W))[:, None, :]  # (Q, 3, 3)
         h = h * inside[:, None].to(h.dtype)
         h = F.gelu(F.conv2d(h, self.conv2.weight, self.conv2.bias))  # (Q, width, 1, 1)
@@ -165,12 +173,16 @@ class Refiner(nn.Module):
                 nodes = torch.cat([nodes, layout.to_nodes(est, everywhere, face)[0], *more], dim=-1)
                 per_face[face] = head(nodes, hidden, tokens[:, k])
                 continue
+            if at is not None and layout.one_to_one[face]:
+                # one sensor per cell: the patches come straight from the sensors, no face image
+                per_face[face] = self._face_at(face, head, inp, est, visible, at, tokens[:, k], more)
+                continue
             img, hidden = layout.to_grid(inp, visible, face)
             img = torch.cat([img, layout.to_grid(est, everywhere, face)[0], *more], dim=1)
             if at is None:
                 correction = head(img, hidden, tokens[:, k])  # (B, 2, H, W)
             else:
-                cells = ~layout.to_grid(inp, at, face)[1][:, 0]  # (B, H, W): cells holding an `at` sensor
+                cells = ~layout.grid_mask(at, face)[:, 0]  # (B, H, W): cells holding an `at` sensor
                 correction = img.new_zeros(img.shape[0], 2, *cells.shape[1:])
                 values = head.forward_at(img, hidden, tokens[:, k], cells)  # (Q, 2)
                 correction.permute(0, 2, 3, 1)[cells] = values.to(correction.dtype)
@@ -178,3 +190,38 @@ class Refiner(nn.Module):
         correction = layout.scatter(per_face)
         npho = est[..., 0] + self.blend[self.face_of_sensor] * (est[..., 1] - est[..., 0])
         return torch.stack([npho, est[..., 2]], dim=-1) + correction  # classical start, corrected
+
+    def _face_at(
+        self,
+        face: str,
+        head: GridHead,
+        inp: torch.Tensor,
+        est: torch.Tensor,
+        visible: torch.Tensor,
+        at: torch.Tensor,
+        token: torch.Tensor,
+        more: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """:meth:`GridHead.forward_at` for a face with one sensor per cell, with each 5x5 patch
+        gathered from the sensors themselves (no face image is built): the correction ``(B, n_face, 2)``,
+        zero away from the ``at`` sensors."""
+        layout = self.layout
+        ids = layout.ids(face)
+        B, n = at.shape[0], ids.numel()
+        H, W = layout.grid_shape(face)
+        # the head's input channels per sensor of the face, in its order: observations (0 where not
+        # visible), estimates, extra features, hidden flag; a zero row last for the cells off the face
+        vis = visible.index_select(1, ids)[..., None]
+        parts = [inp.index_select(1, ids) * vis.to(inp.dtype), est.index_select(1, ids)]
+        parts += [layout.from_grid(m, face) for m in more] + [(~vis).to(inp.dtype)]
+        feats = inp.new_zeros(B, n + 1, sum(p.shape[-1] for p in parts))  # (B, n + 1, C)
+        torch.cat(parts, dim=-1, out=feats[:, :n])
+        b, j = at.index_select(1, ids).nonzero(as_tuple=True)  # (Q,): event, sensor within the face
+        cell = layout.cell_of(face)[j]
+        r, c = cell // W, cell % W
+        patch = feats[b[:, None, None], layout.patch_sensors(face)[r, c]]  # (Q, 5, 5, C)
+        values = head.patch_forward(patch.permute(0, 3, 1, 2), token[b], r, c, (H, W))  # (Q, 2)
+        correction = inp.new_zeros(B, n, 2)
+        correction[b, j] = values.to(correction.dtype)
+        return correction
+
