@@ -7,7 +7,7 @@ needs no more memory than the small one (within ``--slack``) and stays under ``-
 an untrained tiny inpainter (``inpaint_tiny``'s architecture): its cost, unlike its accuracy, does not
 depend on training. Also reports the throughput (the speed issue's target: 1,000 events/s on 2 cores).
 
-    python benchmarks/bench_inpaint_files.py                   # 100,000 events (about 25 min on 2 cores)
+    python benchmarks/bench_inpaint_files.py                   # 100,000 events (about 4 min on 2 cores)
     python benchmarks/bench_inpaint_files.py --events 10000    # quicker
 """
 

@@ -1,8 +1,17 @@
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from xecbench.data import EventDataset, Normalizer, RootStream, SimulatedStream, make_loader, write_root
+from xecbench.data import (
+    EventDataset,
+    Normalizer,
+    RootStream,
+    SimulatedStream,
+    make_loader,
+    normalize_batch,
+    write_root,
+)
 
 
 def test_event_dataset_batches(events):
@@ -92,6 +101,24 @@ def test_root_stream_batches_equal_the_per_event_reference(tmp_path, events):
     event_truth = {k for k in events if k not in ("npho", "relative_time", "nphoExpected")}
     assert set(batches[0]) == {"x", "valid", "time_valid", *event_truth}
     assert len(list(make_loader(RootStream(path, step_size=64), batch_size=32, drop_last=True))) == 9
+
+
+def test_raw_batches_normalised_where_they_go_equal_the_loaders_normalised_batches(tmp_path, events):
+    """RootStream(normalize=False) leaves the normalisation to the consumer (a GPU): the raw batches
+    hold the file's values, and normalize_batch makes of them the bits the default loader delivers."""
+    path = write_root(tmp_path / "s.root", events)
+    raw = list(make_loader(RootStream(path, step_size=64, normalize=False), batch_size=32, num_workers=2))
+    ids = [b["event"].tolist() for b in raw]
+    assert ids == _chunk_order(300, 64, 32, 2)
+    event_truth = {k for k in events if k not in ("npho", "relative_time", "nphoExpected")}
+    for b, idx in zip(raw, ids):
+        assert set(b) == {"npho", "relative_time", *event_truth}
+        assert np.array_equal(b["npho"].numpy(), events["npho"][idx], equal_nan=True)
+        assert np.array_equal(b["relative_time"].numpy(), events["relative_time"][idx], equal_nan=True)
+        got = normalize_batch(b, Normalizer())
+        assert "npho" not in got and _same(got, _reference_events(events, idx))
+    with pytest.raises(ValueError, match="batches only"):
+        next(iter(RootStream(path, normalize=False)))
 
 
 def test_root_stream_two_workers_each_event_exactly_once(tmp_path, events):

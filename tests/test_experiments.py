@@ -1,3 +1,4 @@
+import json
 import math
 from types import SimpleNamespace
 
@@ -197,3 +198,17 @@ def test_run_variants_pairs_the_seeds_and_simulates_once(tmp_path):
     assert by[("a", 0)] != by[("a", 1)]
     with pytest.raises(ValueError, match="seeds is empty"):
         run_variants({"a": []}, common, seeds=[])
+
+
+def test_write_result_writes_strict_json_with_null_for_non_finite_numbers(tmp_path):
+    from xecbench.experiments import mean_error, write_result
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    one_seed = mean_error([0.5])  # the standard error of one value is NaN
+    path = write_result(tmp_path, {"loss": np.float32(0.25), "steps": 12, "one_seed": one_seed,
+                                   "curve": [1.0, float("inf")], "nested": {"x": float("nan"), "name": "a"}})
+    got = json.loads(path.read_text(), parse_constant=refuse)
+    assert got == {"loss": 0.25, "steps": 12, "one_seed": [0.5, None, 1, [0.5]],
+                   "curve": [1.0, None], "nested": {"x": None, "name": "a"}}

@@ -182,11 +182,24 @@ def lr_reductions(trainer: Trainer) -> int:
 
 def write_result(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
     """``out_dir/result.json`` (atomic): the numbers a papermill sweep collects from each point (a
-    name of its own, never the trainer's ``metrics.json`` in a run folder)."""
+    name of its own, never the trainer's ``metrics.json`` in a run folder). Strict JSON: a NaN or
+    infinite number (the standard error of one seed) is written as ``null``."""
     path = Path(out_dir) / RESULT_FILE
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1, default=float))
+        tmp.write_text(json.dumps(_json_safe(metrics), indent=1, allow_nan=False))
     return path
+
+
+def _json_safe(value: Any) -> Any:
+    """Numbers as plain floats (non-finite ones as None), containers walked, anything else ``float``-ed."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def accumulation_gap(model: torch.nn.Module, batch: dict, masks: SensorMask, n_micro: int) -> tuple[float, float]:
@@ -414,6 +427,11 @@ def compare_metrics(
     """Two metrics of the same runs, paired by seed (e.g. ``val_ema_loss`` against ``val_loss``: the
     EMA weights against the live ones), among the rows matching ``where``; one test at 95 % (pass
     several to :func:`xecbench.eval.holm` to decide them as a family)."""
-    first, second = _by_seed(rows, a, "seed", where), _by_seed(rows, b, "seed", where)  # one row per seed
+    first, second = _per_seed(rows, a, where), _per_seed(rows, b, where)
     seeds = sorted(first)
-    return _paired([first[s][s] for s in seeds], [second[s][s] for s in seeds], names)
+    return _paired([first[s] for s in seeds], [second[s] for s in seeds], names)
+
+
+def _per_seed(rows: list[dict[str, Any]], metric: str, where: dict[str, Any]) -> dict[Any, float]:
+    """``{seed: value}`` among the rows matching ``where`` (one row per seed, else an error)."""
+    return {seed: by_seed[seed] for seed, by_seed in _by_seed(rows, metric, "seed", where).items()}

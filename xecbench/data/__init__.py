@@ -1,6 +1,6 @@
 """Data: the toy detector simulation, ROOT/npz I/O, normalisation and torch datasets."""
 
-from .dataset import EventDataset, RootStream, SimulatedStream, make_loader, to_items
+from .dataset import EventDataset, RootStream, SimulatedStream, make_loader, normalize_batch, to_items
 from .io import (
     TRUTH_BRANCHES,
     DataFormatError,
@@ -23,6 +23,7 @@ __all__ = [
     "EventDataset",
     "Normalizer",
     "RootStream",
+    "normalize_batch",
     "SimConfig",
     "SimulatedStream",
     "atomic_path",

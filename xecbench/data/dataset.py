@@ -26,6 +26,8 @@ from .io import NPHO, TIME, check_events, iter_root, load_events
 from .normalize import Normalizer
 from .simulate import BLOCK, SimConfig, simulate
 
+RAW_NPHO, RAW_TIME = NPHO, TIME  # the keys of a raw batch (RootStream(normalize=False)): the branch names
+
 
 def to_items(events: dict[str, np.ndarray], norm: Normalizer) -> dict[str, torch.Tensor]:
     """Raw event dict -> batched tensors ``x (n, 4760, 2)``, ``valid``, ``time_valid`` ``(n, 4760)``
@@ -100,27 +102,46 @@ class SimulatedStream(IterableDataset):
             yield from _events_of(events, self.normalizer)
 
 
-def _empty_batch(chunk: dict[str, np.ndarray], batch_size: int) -> dict[str, torch.Tensor]:
+def _empty_batch(chunk: dict[str, np.ndarray], batch_size: int, normalize: bool = True) -> dict[str, torch.Tensor]:
     """Uninitialised tensors for a batch of ``batch_size`` events with the keys of a raw ``chunk``:
-    ``x (B, C, 2)`` float32, ``valid``, ``time_valid`` ``(B, C)`` bool, truth ``(B, ...)``."""
+    ``x (B, C, 2)`` float32, ``valid``, ``time_valid`` ``(B, C)`` bool (``normalize=False``: raw
+    ``npho``, ``time`` ``(B, C)`` float32 instead), truth ``(B, ...)``."""
     c = chunk[NPHO].shape[1]
-    out = {
-        "x": torch.empty((batch_size, c, 2), dtype=torch.float32),
-        "valid": torch.empty((batch_size, c), dtype=torch.bool),
-        "time_valid": torch.empty((batch_size, c), dtype=torch.bool),
-    }
+    if normalize:
+        out = {
+            "x": torch.empty((batch_size, c, 2), dtype=torch.float32),
+            "valid": torch.empty((batch_size, c), dtype=torch.bool),
+            "time_valid": torch.empty((batch_size, c), dtype=torch.bool),
+        }
+    else:
+        out = {RAW_NPHO: torch.empty((batch_size, c)), RAW_TIME: torch.empty((batch_size, c))}
     for k, v in chunk.items():
         if k not in (NPHO, TIME):
             out[k] = torch.from_numpy(np.empty((batch_size, *v.shape[1:]), dtype=v.dtype))
     return out
 
 
+def normalize_batch(batch: dict[str, torch.Tensor], normalizer: Normalizer) -> dict[str, torch.Tensor]:
+    """A raw batch of ``RootStream(..., normalize=False)`` -> the batch it yields by default: ``npho``
+    and ``time`` replaced by ``x``, ``valid`` and ``time_valid``, computed where the tensors are.
+    Move the raw batch to the GPU first and the normalisation costs the loader nothing; the values
+    are the same bits as the loader's own."""
+    out = {k: v for k, v in batch.items() if k not in (RAW_NPHO, RAW_TIME)}
+    out["x"], out["valid"], out["time_valid"] = normalizer(batch[RAW_NPHO], batch[RAW_TIME])
+    return out
+
+
 def _batches(
-    chunks: Iterator[dict[str, np.ndarray]], norm: Normalizer, batch_size: int, drop_last: bool = False
+    chunks: Iterator[dict[str, np.ndarray]],
+    norm: Normalizer,
+    batch_size: int,
+    drop_last: bool = False,
+    normalize: bool = True,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Raw chunks -> batches of ``batch_size`` consecutive events (across chunk boundaries), each
-    slice of a chunk normalised straight into its rows of the batch: no per-event items and no
-    collation. The last batch holds the remainder (dropped with ``drop_last``)."""
+    slice of a chunk normalised straight into its rows of the batch (``normalize=False``: copied
+    raw): no per-event items and no collation. The last batch holds the remainder (dropped with
+    ``drop_last``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch: dict[str, torch.Tensor] | None = None
@@ -129,12 +150,15 @@ def _batches(
         n, pos = len(chunk[NPHO]), 0
         while pos < n:
             if batch is None:
-                batch, filled = _empty_batch(chunk, batch_size), 0
+                batch, filled = _empty_batch(chunk, batch_size, normalize), 0
             take = min(batch_size - filled, n - pos)
             src, dst = slice(pos, pos + take), slice(filled, filled + take)
-            norm.normalize_into(
-                chunk[NPHO][src], chunk[TIME][src], batch["x"][dst], batch["valid"][dst], batch["time_valid"][dst]
-            )
+            if normalize:
+                x, valid, time_valid = batch["x"][dst], batch["valid"][dst], batch["time_valid"][dst]
+                norm.normalize_into(chunk[NPHO][src], chunk[TIME][src], x, valid, time_valid)
+            else:
+                batch[RAW_NPHO].numpy()[dst] = chunk[NPHO][src]
+                batch[RAW_TIME].numpy()[dst] = chunk[TIME][src]
             for k, v in chunk.items():
                 if k not in (NPHO, TIME):
                     batch[k].numpy()[dst] = v[src]
@@ -165,6 +189,11 @@ class RootStream(IterableDataset):
     Truth: by default the per-event truth branches the file has (energy, positions, ...), without
     the per-sensor ``nphoExpected`` (as large as ``npho``; training never needs it, the evaluation's
     Poisson floor does): ``sensor_truth=True`` adds it, ``truth=[...]`` names the branches.
+
+    ``normalize=False`` (batches only): the batches hold the raw ``npho`` and ``time`` ``(B, 4760)``
+    float32 instead of ``x``, ``valid`` and ``time_valid``, and :func:`normalize_batch` makes those
+    where the batch goes. Normalising is most of a loader worker's time; on a GPU it is free, so a
+    worker that leaves it to the GPU delivers several times the events per second.
     """
 
     def __init__(
@@ -175,13 +204,14 @@ class RootStream(IterableDataset):
         batch_size: int | None = None,
         drop_last: bool = False,
         sensor_truth: bool = False,
+        normalize: bool = True,
         **read_kwargs,
     ):
         if not Path(path).is_file():  # here, not in a worker process where the message gets buried
             raise FileNotFoundError(f"RootStream: {path} is not a file")
         self.path, self.read_kwargs = path, {"sensor_truth": sensor_truth, **read_kwargs}
         self.normalizer = normalizer or Normalizer()
-        self.batch_size, self.drop_last = batch_size, drop_last
+        self.batch_size, self.drop_last, self.normalize = batch_size, drop_last, normalize
 
     def batched(self, batch_size: int | None, drop_last: bool = False) -> RootStream:
         """A copy of this stream that yields batches of ``batch_size`` events (``None``: events)."""
@@ -193,8 +223,10 @@ class RootStream(IterableDataset):
         worker, n_workers = _worker_share()
         chunks = iter_root(self.path, shard=(worker, n_workers), **self.read_kwargs)
         if self.batch_size is not None:
-            yield from _batches(chunks, self.normalizer, self.batch_size, self.drop_last)
+            yield from _batches(chunks, self.normalizer, self.batch_size, self.drop_last, self.normalize)
             return
+        if not self.normalize:
+            raise ValueError("RootStream(normalize=False) yields batches only: give batch_size (or use make_loader)")
         for chunk in chunks:
             yield from _events_of(chunk, self.normalizer)
 
