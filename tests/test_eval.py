@@ -141,3 +141,19 @@ def test_format_table_shows_a_dash_where_nothing_was_scored():
     table = {"model": {"inner": {"rmse": 0.0123}, "top": {"rmse": float("nan")}}}
     lines = format_table(table, "rmse").splitlines()
     assert lines[1].split() == ["model", "0.0123", "-"]
+
+
+def test_neighbour_sums_with_and_without_gradients_agree():
+    """neighbour_sums gathers into a reused buffer without gradients, out of place with them; the
+    gradient of the sum of all sums is, per sensor, how many sensors count it as a neighbour."""
+    from xecbench.baselines import _table, neighbour_sums
+
+    v = torch.randn(2, geo.N_CHANNELS, 3, dtype=torch.float64, requires_grad=True)
+    with_grad = neighbour_sums(v)
+    with torch.no_grad():
+        without = neighbour_sums(v)
+    torch.testing.assert_close(with_grad, without, rtol=0, atol=1e-12)
+    with_grad.sum().backward()
+    table = _table(11.0, 8, torch.device("cpu"))
+    counted = torch.bincount(table.flatten(), minlength=geo.N_CHANNELS + 1)[: geo.N_CHANNELS].double()
+    torch.testing.assert_close(v.grad, counted[None, :, None].expand_as(v), rtol=0, atol=0)

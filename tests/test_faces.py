@@ -55,3 +55,26 @@ def test_from_grid_returns_each_sensor_its_cell(face, channels_last):
     img = img.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     back = layout.from_grid(img, face)
     torch.testing.assert_close(back, x[:, layout.ids(face)], rtol=0, atol=0)
+
+
+def test_which_faces_have_one_sensor_per_cell():
+    """inner, us and ds take the gather path (one sensor per cell); the outer face's patch cells do not."""
+    assert FaceLayout().one_to_one == {"inner": True, "us": True, "ds": True, "outer": False}
+
+
+@pytest.mark.parametrize("face", ["inner", "us", "ds"])
+def test_patch_sensors_are_the_5x5_window_of_the_face_grid(face):
+    layout = FaceLayout()
+    grid = geo.grid_ids(face)  # (H, W) sensor ids
+    H, W = grid.shape
+    ids = layout.ids(face).numpy()
+    window = layout.patch_sensors(face).numpy()
+    assert window.shape == (H, W, 5, 5)
+    for r, c in [(0, 0), (H - 1, W - 1), (H // 2, W // 3), (1, W - 2)]:
+        for i in range(5):
+            for j in range(5):
+                rr, cc = r + i - 2, c + j - 2
+                if 0 <= rr < H and 0 <= cc < W:
+                    assert ids[window[r, c, i, j]] == grid[rr, cc]
+                else:
+                    assert window[r, c, i, j] == len(ids)  # the spare zero row

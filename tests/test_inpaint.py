@@ -157,3 +157,19 @@ def test_heads_at_the_sensors_to_fill_equal_the_dense_heads(kind):
         uncorrected = model.predict(x, masks, at=torch.zeros_like(fill))
     assert torch.allclose(sparse[fill], dense[fill], atol=1e-5)
     assert (uncorrected[fill] - dense[fill]).abs().amax() > 0.05  # the heads do correct those sensors
+
+
+def test_mae_predict_at_sensors_with_gradients_enabled():
+    """predict(..., at=...) also runs where autograd records (the MAE's decoder features carry
+    gradients), and equals the dense prediction there."""
+    torch.manual_seed(0)
+    mae = XECMAE().eval()
+    x, valid, tv = _batch()
+    fill = random_hidden(valid, 0.02) | ~valid
+    masks = SensorMask(valid, tv, fill)
+    sparse = mae.predict(x, masks, at=fill)
+    sparse[fill].sum().backward()
+    assert mae.refiner.heads["inner"].conv1.weight.grad is not None
+    with torch.no_grad():
+        dense = mae.predict(x, masks)
+    assert torch.allclose(sparse[fill].detach(), dense[fill], atol=1e-5)

@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 
 import nbformat
 import pytest
@@ -112,3 +113,14 @@ def test_default_metric_is_a_loss_never_bookkeeping():
 def test_summarize_without_points(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished sweep points"):
         summarize(tmp_path)
+
+
+def test_summarize_reads_a_null_result_as_nan_and_keeps_the_metric(tmp_path):
+    """write_result writes a non-finite number as null: the point stays, with NaN for it."""
+    _point(tmp_path, "lr=0.1", {"val_loss": 0.4})
+    _point(tmp_path, "lr=0.2", {"val_loss": None})
+    csv_path, png = summarize(tmp_path)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [r["lr"] for r in rows] == ["0.1", "0.2"]
+    assert float(rows[0]["val_loss"]) == 0.4 and math.isnan(float(rows[1]["val_loss"]))
+    assert png is not None  # val_loss is still a metric of every point

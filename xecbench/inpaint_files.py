@@ -268,8 +268,10 @@ def _write_group(target, members, inpainter, identity, fill, dead_channels, tree
             diff = sorted(set(other.items()) ^ set(types.items()))
             raise DataFormatError(f"{p}: its branches differ from {first_path}'s ({diff}); write to a folder instead")
     compression = getattr(first_tree.file, "compression", None) or uproot.ZLIB(1)
-    # fixed-size and scalar branches only: read as numpy, several times faster than awkward arrays
-    library = "ak" if counters else "np"
+    # fixed-size and scalar branches only (no counters, no std::vector): read as numpy, several times
+    # faster than awkward arrays
+    plain = all(isinstance(b.interpretation, uproot.AsDtype) for b in first_tree.branches if b.name in names)
+    library = "np" if plain and not counters else "ak"
     with atomic_path(target) as tmp, uproot.recreate(tmp, compression=compression) as f:
         out_tree = None
         # one chunk is compressed and written in a second thread while the next one is inpainted

@@ -17,6 +17,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +189,12 @@ def summarize(out_dir: str | Path, metric: str | None = None) -> tuple[Path, Pat
         if params is None:
             print(f"skip {folder.name}: neither {POINT_FILE} nor a name=value folder name")
             continue
-        numeric = {k: v for k, v in results.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        # null: a number that was not finite (write_result writes NaN and inf so)
+        numeric = {
+            k: math.nan if v is None else v
+            for k, v in results.items()
+            if v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+        }
         metric_keys += [k for k in numeric if k not in metric_keys and k not in params]
         rows.append({**params, **numeric})
         labels.append(folder.name)

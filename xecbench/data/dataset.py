@@ -114,7 +114,8 @@ def _empty_batch(chunk: dict[str, np.ndarray], batch_size: int, normalize: bool 
             "time_valid": torch.empty((batch_size, c), dtype=torch.bool),
         }
     else:
-        out = {RAW_NPHO: torch.empty((batch_size, c)), RAW_TIME: torch.empty((batch_size, c))}
+        out = {RAW_NPHO: torch.empty((batch_size, c), dtype=torch.float32)}
+        out[RAW_TIME] = torch.empty_like(out[RAW_NPHO])
     for k, v in chunk.items():
         if k not in (NPHO, TIME):
             out[k] = torch.from_numpy(np.empty((batch_size, *v.shape[1:]), dtype=v.dtype))

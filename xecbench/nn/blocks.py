@@ -50,7 +50,7 @@ class GRN(nn.Module):
         nx = (gx / (gx.mean(dim=-1, keepdim=True) + self.eps)).to(x.dtype)
         # gamma * (x * nx) + beta + x, with the scale folded on the small (B, 1.., C) tensor: one pass
         # over the large one instead of four (these passes are memory-bound on a CPU)
-        return torch.addcmul(self.beta.to(x.dtype), x, 1 + self.gamma * nx)
+        return torch.addcmul(self.beta, x, 1 + self.gamma * nx)
 
 
 class DropPath(nn.Module):

@@ -214,8 +214,11 @@ class Refiner(nn.Module):
         vis = visible.index_select(1, ids)[..., None]
         parts = [inp.index_select(1, ids) * vis.to(inp.dtype), est.index_select(1, ids)]
         parts += [layout.from_grid(m, face) for m in more] + [(~vis).to(inp.dtype)]
-        feats = inp.new_zeros(B, n + 1, sum(p.shape[-1] for p in parts))  # (B, n + 1, C)
-        torch.cat(parts, dim=-1, out=feats[:, :n])
+        if torch.is_grad_enabled() and any(p.requires_grad for p in parts):  # out= records no gradients
+            feats = F.pad(torch.cat(parts, dim=-1), (0, 0, 0, 1))  # (B, n + 1, C)
+        else:  # one copy instead of two
+            feats = inp.new_zeros(B, n + 1, sum(p.shape[-1] for p in parts))
+            torch.cat(parts, dim=-1, out=feats[:, :n])
         b, j = at.index_select(1, ids).nonzero(as_tuple=True)  # (Q,): event, sensor within the face
         cell = layout.cell_of(face)[j]
         r, c = cell // W, cell % W
