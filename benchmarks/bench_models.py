@@ -6,6 +6,7 @@ system's code, both MAEs side by side at the same token width.
     python benchmarks/bench_models.py                      # eager, fp32 + bf16 (bf16 tiny only on CPU)
     python benchmarks/bench_models.py --compile            # also torch.compile (adds ~1 min per model)
     python benchmarks/bench_models.py --anchor ../xec-ml-wl --presets base   # + the seed system's MAE
+    python benchmarks/bench_models.py --anchor ../xec-ml-wl --presets base --compile   # + ours compiled
 
 ``--anchor DIR``: a checkout of the seed system (weiyuanli-icepp/xec-ml-wl; its ``lib`` package needs
 numpy and scipy). Its MAE is built at token width 1024 (``XECEncoder(encoder_dim=1024)``, 45.0 M
@@ -196,7 +197,11 @@ def main() -> None:
     if a.anchor:
         ours, n_ours = make_step("mae", "base", device, a.batch, False, False)
         seed, n_seed = make_anchor_step(a.anchor, device, a.batch)
-        times = alternate({"seed": seed, "xecbench": ours}, a.repeats, sync)
+        steps = {"seed": seed, "xecbench": ours}
+        if a.compile:  # ours with training.compile=true as well (the seed system is run as it is, eager)
+            steps["xecbench compiled"] = make_step("mae", "base", device, a.batch, False, True)[0]
+            steps["xecbench compiled"]()  # the compilation, outside the timing
+        times = alternate(steps, a.repeats, sync)
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = med["seed"] / med["xecbench"]
         result["side_by_side"] = {
@@ -210,6 +215,14 @@ def main() -> None:
             "pass": ratio >= 2.0,
         }
         print(f"{'PASS' if ratio >= 2 else 'FAIL'}  xecbench base / seed MAE at token width 1024: {ratio:.2f}x")
+        if "xecbench compiled" in times:
+            compiled = med["seed"] / med["xecbench compiled"]
+            result["side_by_side"] |= {
+                "xecbench_compiled_events_per_s": [round(a.batch / t, 2) for t in times["xecbench compiled"]],
+                "compiled_ratio_of_medians": round(compiled, 3),
+                "compiled_pass": compiled >= 2.0,
+            }
+            print(f"{'PASS' if compiled >= 2 else 'FAIL'}  xecbench base compiled / seed MAE: {compiled:.2f}x")
     write_json(a.out, result)
 
 
