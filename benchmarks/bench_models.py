@@ -63,7 +63,8 @@ def make_step(kind: str, preset: str, device: str, batch: int, amp: bool, compil
     model = mae if kind == "mae" else XECInpainter(mae.encoder, freeze_encoder=False)
     model.to(device).train()
     fwd = torch.compile(model) if compile_ else model
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=True)
+    # fused, as the Trainer's (xecbench.train.build_optimizer)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     x, valid, tv = _inputs(batch, device)
     inpaint_masks = SensorMask(valid, tv, random_hidden(valid, 0.05))
 

@@ -629,3 +629,22 @@ def test_compiled_training_steps_equal_eager_ones(tmp_path):
     assert not torch.equal(next(toy_model().parameters()), next(compiled.model.parameters()))  # it trained
     state = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")
     assert set(state["model"]) == set(eager.model.state_dict())
+
+
+def test_adamw_runs_fused_on_cpu_and_steps_like_the_textbook_update(tmp_path):
+    """The fused AdamW kernel on a CPU model; one step from zero moments moves each weight by
+    lr * (g / (|g| + eps)) + lr * wd * w (decoupled decay), computed here by hand."""
+    cfg = toy_cfg(tmp_path, lr=0.01, weight_decay=0.1)
+    model = toy_model()
+    opt = build_optimizer(model, cfg, 1)
+    assert opt.defaults["fused"] is True
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        w = before[n]
+        # bias-corrected first step: m_hat = g, v_hat = g^2
+        want = w * (1 - 0.01 * wd[id(p)]) - 0.01 * 0.5 / (0.5 + 1e-8)
+        torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=1e-7)
