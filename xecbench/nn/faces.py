@@ -100,7 +100,7 @@ class FaceLayout(torch.nn.Module):
             img = x.index_select(1, ids) * v[..., None].to(x.dtype)  # (B, H * W, C)
             mask = ~v
         else:
-            ids, cell = self.ids(face), getattr(self, f"cell_{face}")
+            ids, cell = self.ids(face), self.cell_of(face)
             # index_select: several times faster than x[:, ids] on CPU
             v = visible.index_select(1, ids).to(x.dtype)  # (B, n)
             xs = x.index_select(1, ids) * v[..., None]  # (B, n, C)
@@ -117,7 +117,7 @@ class FaceLayout(torch.nn.Module):
         if self.one_to_one[face]:
             return ~visible.index_select(1, getattr(self, f"sensor_of_cell_{face}")).view(B, 1, H, W)
         count = visible.new_zeros(B, H * W, dtype=torch.int32)
-        count.index_add_(1, getattr(self, f"cell_{face}"), visible.index_select(1, self.ids(face)).to(torch.int32))
+        count.index_add_(1, self.cell_of(face), visible.index_select(1, self.ids(face)).to(torch.int32))
         return (count == 0).view(B, 1, H, W)
 
     def from_grid(self, img: torch.Tensor, face: str) -> torch.Tensor:
@@ -125,7 +125,7 @@ class FaceLayout(torch.nn.Module):
         B, C = img.shape[:2]
         # a view for a channels-last image (what the networks return), a copy otherwise
         cells = img.permute(0, 2, 3, 1).reshape(B, -1, C)
-        return cells.index_select(1, getattr(self, f"cell_{face}"))
+        return cells.index_select(1, self.cell_of(face))
 
     def to_nodes(self, x: torch.Tensor, visible: torch.Tensor, face: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Hex face: ``(B, 73, C)`` features zeroed where hidden, and mask ``(B, 73)`` (True = hidden)."""
