@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from xecbench.data import (
     EventDataset,
@@ -12,6 +12,7 @@ from xecbench.data import (
     normalize_batch,
     write_root,
 )
+from xecbench.data.dataset import _empty_batch
 
 
 def test_event_dataset_batches(events):
@@ -148,3 +149,24 @@ def test_root_stream_truth_branches_on_request(tmp_path, events):
     named = next(iter(make_loader(RootStream(path, truth=["nphoExpected", "energyTruth"]), batch_size=8)))
     assert set(named) == {"x", "valid", "time_valid", "nphoExpected", "energyTruth"}
     assert "nphoExpected" not in next(iter(make_loader(RootStream(path), batch_size=8)))
+
+
+class _BatchInWorker(IterableDataset):
+    """Yields whether the batch tensors a worker builds are in shared memory (and in the main process)."""
+
+    def __init__(self, chunk):
+        self.chunk = chunk
+
+    def __iter__(self):
+        for normalize in (True, False):
+            batch = _empty_batch(self.chunk, 4, normalize)
+            yield {k: torch.tensor(v.is_shared()) for k, v in batch.items()}
+
+
+def test_a_worker_builds_its_batches_in_shared_memory(events):
+    """In a DataLoader worker, batches are allocated in shared memory, so sending them to the main
+    process copies nothing (what DataLoader's own collate does); in the main process they are not."""
+    chunk = {k: v[:8] for k, v in events.items()}
+    in_worker = list(DataLoader(_BatchInWorker(chunk), batch_size=None, num_workers=1))
+    assert len(in_worker) == 2 and all(bool(flag) for b in in_worker for flag in b.values())
+    assert not any(v.is_shared() for v in _empty_batch(chunk, 4).values())

@@ -22,6 +22,22 @@ def test_neighbour_average_on_a_flat_and_a_linear_event():
     assert est[0, i].item() == pytest.approx(3.0 * z[0, i].item() + 50.0, abs=1e-9)
 
 
+def test_estimates_at_a_subset_of_sensors_equal_the_full_ones_there():
+    """``sensors=`` (inference computes the estimates only where the heads look) gives the full
+    computation's values bit for bit at those sensors, across faces and at face edges."""
+    g = torch.Generator().manual_seed(3)
+    npho = torch.rand(3, 4760, generator=g) * 500.0
+    usable = torch.rand(3, 4760, generator=g) > 0.2
+    sensors = torch.tensor([0, 43, 2010, 4091, 4092, 4300, 4500, 4600, 4700, 4759, 4742])
+    full = npho_estimates(npho, usable)
+    part = npho_estimates(npho, usable, sensors=sensors)
+    for f, p in zip(full, part):
+        assert p.shape == (3, len(sensors)) and torch.equal(f[:, sensors], p)
+    full_t, has_t = neighbour_average(npho, usable)
+    part_t, part_has = neighbour_average(npho, usable, sensors=sensors)
+    assert torch.equal(full_t[:, sensors], part_t) and torch.equal(has_t[:, sensors], part_has)
+
+
 def test_neighbour_average_skips_hidden_and_reports_missing():
     v = torch.arange(4760, dtype=torch.float64)[None]
     usable = torch.ones(1, 4760, dtype=torch.bool)

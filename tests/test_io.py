@@ -207,3 +207,21 @@ def test_write_root_with_another_codec(tmp_path, events, codec):
     back = read_root(path)
     assert all(np.array_equal(back[k], v) for k, v in _small(events).items())
     assert uproot.open(path).file.compression == compression
+
+
+def test_zlib_is_written_through_isal_as_ordinary_zlib(tmp_path, events):
+    """ZLIB baskets go through ISA-L (fast_compression), declared as ZLIB of the same level, and are
+    plain zlib streams: Python's own zlib decompresses them, and the file reads back exactly."""
+    import zlib
+
+    fast = io.fast_compression(uproot.ZLIB(1))
+    assert isinstance(fast, uproot.ZLIB) and fast.level == 1 and fast.library == "isal"
+    data = _small(events)["npho"].astype(">f4").tobytes()
+    packed = fast.compress(data)
+    assert zlib.decompress(packed) == data and packed != zlib.compress(data, 1)  # ISA-L's own stream
+    assert io.fast_compression(uproot.ZLIB(0)).library == "zlib"  # level 0: uncompressed, as uproot does it
+    assert io.fast_compression(uproot.LZ4(1)) == uproot.LZ4(1) and io.fast_compression(None) is None
+    path = write_root(tmp_path / "z.root", _small(events))
+    assert uproot.open(path).file.compression == uproot.ZLIB(1)  # what the file declares
+    back = read_root(path)
+    assert all(np.array_equal(back[k], v) for k, v in _small(events).items())

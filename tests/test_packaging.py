@@ -67,8 +67,8 @@ def test_environment_yml_has_the_same_versions():
 
 
 # distributions used as tools or kernels, not imported; and import names that differ from the distribution's
-# (onnxscript: torch.onnx's; pytest-xdist: a pytest plugin)
-NOT_IMPORTED = {"jupyterlab", "ipykernel", "nbval", "ruff", "pytest", "pytest-xdist", "onnxscript"}
+# (onnxscript: torch.onnx's; pytest-xdist: a pytest plugin; isal: uproot's, for ZLIB.library = "isal")
+NOT_IMPORTED = {"jupyterlab", "ipykernel", "nbval", "ruff", "pytest", "pytest-xdist", "onnxscript", "isal"}
 IMPORT_NAME = {"pyyaml": "yaml"}
 
 

@@ -11,6 +11,8 @@ sensors through the padded same-face neighbour table of :func:`geometry.neighbou
 * :func:`npho_estimates`: both of them from one pass over the neighbours (what the models use).
 
 All of them sum over the neighbours with :func:`neighbour_sums`, one gather per neighbour slot.
+``sensors`` (optional, ``(S,)`` channel ids): the estimates at those sensors only, ``(B, S)``, the same
+values as the full ones there (inference that fills a few sensors needs a fraction of the work).
 """
 
 from __future__ import annotations
@@ -33,11 +35,16 @@ def _table(radius: float, max_k: int, device: torch.device) -> torch.Tensor:
     return torch.where(nb >= 0, nb, nb.shape[0]).T.contiguous().to(device)
 
 
-def neighbour_sums(values: torch.Tensor, radius: float = 11.0, max_k: int = 8) -> torch.Tensor:
+def neighbour_sums(
+    values: torch.Tensor, radius: float = 11.0, max_k: int = 8, sensors: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sum of ``values (B, 4760, C)`` over each sensor's same-face neighbours within ``radius`` cm
-    -> ``(B, 4760, C)``. Zero the sensors that must not count before calling."""
+    -> ``(B, 4760, C)``, or ``(B, S, C)`` at ``sensors (S,)`` only. Zero the sensors that must not
+    count before calling."""
     B, N, C = values.shape
     table = _table(radius, max_k, values.device)  # (K, N)
+    if sensors is not None:
+        table = table.index_select(1, sensors)  # (K, S): the same sums, in the same order, at fewer sensors
     # sensors first, so that a gather copies whole rows of B * C numbers (an index over the
     # sensor axis of (B, N) is several times slower); one gather per neighbour slot serves all C
     # quantities and never materialises the (N, K, B * C) block
@@ -53,26 +60,33 @@ def neighbour_sums(values: torch.Tensor, radius: float = 11.0, max_k: int = 8) -
         slot = torch.empty_like(sums)
         for ids in table[1:]:
             sums += torch.index_select(rows, 0, ids, out=slot)
-    return sums.view(N, B, C).permute(1, 0, 2)
+    return sums.view(-1, B, C).permute(1, 0, 2)
 
 
-def _usable_sums(usable: torch.Tensor, *values: torch.Tensor, radius: float, max_k: int) -> torch.Tensor:
-    """``(B, 4760, 1 + len(values))``: the number of usable neighbours, then the sum of each of
+def _usable_sums(
+    usable: torch.Tensor, *values: torch.Tensor, radius: float, max_k: int, sensors: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(B, 4760 or S, 1 + len(values))``: the number of usable neighbours, then the sum of each of
     ``values (B, 4760)`` over them (unusable sensors may hold anything, NaN included)."""
     u = usable.to(values[0].dtype)
     parts = [u, *(torch.where(usable, v, 0.0) for v in values)]
-    return neighbour_sums(torch.stack(parts, dim=-1), radius, max_k)
+    return neighbour_sums(torch.stack(parts, dim=-1), radius, max_k, sensors)
 
 
 def neighbour_average(
-    values: torch.Tensor, usable: torch.Tensor, radius: float = 11.0, max_k: int = 8
+    values: torch.Tensor,
+    usable: torch.Tensor,
+    radius: float = 11.0,
+    max_k: int = 8,
+    sensors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of the usable same-face neighbours within ``radius`` cm.
 
     values ``(B, 4760)`` raw (npho or time), usable ``(B, 4760)`` bool. Returns the estimate
-    ``(B, 4760)`` (0 where no neighbour is usable) and ``(B, 4760)`` bool: an estimate exists.
+    ``(B, 4760)`` (0 where no neighbour is usable) and ``(B, 4760)`` bool: an estimate exists
+    (``(B, S)`` each at ``sensors``).
     """
-    s = _usable_sums(usable, values, radius=radius, max_k=max_k)
+    s = _usable_sums(usable, values, radius=radius, max_k=max_k, sensors=sensors)
     count = s[..., 0]
     return s[..., 1] / count.clamp(min=1), count > 0
 
@@ -112,14 +126,17 @@ def npho_estimates(
     source: torch.Tensor | None = None,
     radius: float = 11.0,
     max_k: int = 8,
+    sensors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Both classical npho estimates from one pass over the neighbours: the neighbour average, the
     solid-angle estimate (:func:`solid_angle_estimate`) and whether an estimate exists, each
-    ``(B, 4760)``."""
+    ``(B, 4760)`` (``(B, S)`` at ``sensors``)."""
     if source is None:
         source = estimate_source(npho, usable)
-    omega = solid_angles(source)  # (B, N)
-    s = _usable_sums(usable, npho, omega, radius=radius, max_k=max_k)
+    omega = solid_angles(source)  # (B, N): the neighbours' too
+    s = _usable_sums(usable, npho, omega, radius=radius, max_k=max_k, sensors=sensors)
+    if sensors is not None:
+        omega = omega.index_select(1, sensors)
     count, light, seen = s.unbind(-1)
     average = light / count.clamp(min=1)
     sees = seen > 0

@@ -29,7 +29,16 @@ import torch
 import uproot
 from tqdm.auto import tqdm
 
-from .data.io import NPHO, TIME, DataFormatError, _as_matrix, _one_line, _open_tree, atomic_path
+from .data.io import (
+    NPHO,
+    TIME,
+    DataFormatError,
+    _as_matrix,
+    _one_line,
+    _open_tree,
+    atomic_path,
+    fast_compression,
+)
 from .data.normalize import raw_invalid
 from .data.simulate import dead_channel_map
 from .geometry import N_CHANNELS
@@ -267,7 +276,7 @@ def _write_group(target, members, inpainter, identity, fill, dead_channels, tree
         if other != types:
             diff = sorted(set(other.items()) ^ set(types.items()))
             raise DataFormatError(f"{p}: its branches differ from {first_path}'s ({diff}); write to a folder instead")
-    compression = getattr(first_tree.file, "compression", None) or uproot.ZLIB(1)
+    compression = fast_compression(getattr(first_tree.file, "compression", None) or uproot.ZLIB(1))
     # fixed-size and scalar branches only (no counters, no std::vector): read as numpy, several times
     # faster than awkward arrays
     plain = all(isinstance(b.interpretation, uproot.AsDtype) for b in first_tree.branches if b.name in names)

@@ -14,6 +14,7 @@ Each item is a dict ``{"x": (4760, 2) float32, "valid": (4760,) bool, "time_vali
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,19 +108,28 @@ def _empty_batch(chunk: dict[str, np.ndarray], batch_size: int, normalize: bool 
     ``x (B, C, 2)`` float32, ``valid``, ``time_valid`` ``(B, C)`` bool (``normalize=False``: raw
     ``npho``, ``time`` ``(B, C)`` float32 instead), truth ``(B, ...)``."""
     c = chunk[NPHO].shape[1]
+    # in a DataLoader worker the batch is built in shared memory, where the loader sends it from:
+    # otherwise sending it copies every byte once more (as DataLoader's own collate does it)
+    empty = _empty_shared if get_worker_info() is not None else torch.empty
     if normalize:
         out = {
-            "x": torch.empty((batch_size, c, 2), dtype=torch.float32),
-            "valid": torch.empty((batch_size, c), dtype=torch.bool),
-            "time_valid": torch.empty((batch_size, c), dtype=torch.bool),
+            "x": empty((batch_size, c, 2), dtype=torch.float32),
+            "valid": empty((batch_size, c), dtype=torch.bool),
+            "time_valid": empty((batch_size, c), dtype=torch.bool),
         }
     else:
-        out = {RAW_NPHO: torch.empty((batch_size, c), dtype=torch.float32)}
-        out[RAW_TIME] = torch.empty_like(out[RAW_NPHO])
+        out = {key: empty((batch_size, c), dtype=torch.float32) for key in (RAW_NPHO, RAW_TIME)}
     for k, v in chunk.items():
         if k not in (NPHO, TIME):
-            out[k] = torch.from_numpy(np.empty((batch_size, *v.shape[1:]), dtype=v.dtype))
+            out[k] = empty((batch_size, *v.shape[1:]), dtype=torch.from_numpy(v[:0]).dtype)
     return out
+
+
+def _empty_shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor in shared memory."""
+    numel = math.prod(shape)
+    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 def normalize_batch(batch: dict[str, torch.Tensor], normalizer: Normalizer) -> dict[str, torch.Tensor]:

@@ -47,7 +47,10 @@ class RawInpainter(nn.Module):
         """sensors ``(B, 4760, 2)`` raw, fill ``(B, 4760)`` bool or 0/1 -> ``(B, 4760, 2)`` raw."""
         _check_sensors(sensors)
         fill = fill > 0.5 if fill.is_floating_point() else fill.bool()
-        x, valid, time_valid = self.normalizer(sensors[..., 0], sensors[..., 1])
+        if sensors.device.type == "cpu" and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            x, valid, time_valid = self.normalizer.normalize(sensors[..., 0], sensors[..., 1])  # same bits, faster
+        else:
+            x, valid, time_valid = self.normalizer(sensors[..., 0], sensors[..., 1])
         at = fill if self.sparse else None
         pred = self.model.predict(x, SensorMask(valid, time_valid, fill), at)  # (B, 4760, 2) normalised
         npho, time = self.normalizer.inverse(pred.float())

@@ -65,8 +65,8 @@ class FaceLayout(torch.nn.Module):
                 order = np.argsort(cell)  # position within the face of each cell's sensor
                 sensor_of_cell = np.array(geo.face_ids(face))[order]
                 self.register_buffer(f"sensor_of_cell_{face}", torch.as_tensor(sensor_of_cell), persistent=False)
-                # for each cell, the face positions of its 5x5 neighbourhood; n (a spare zero row) off the face
-                pos = np.pad(order.reshape(H, W), 2, constant_values=len(cell))
+                # for each cell, the sensor ids of its 5x5 neighbourhood; N_CHANNELS (a spare row) off the face
+                pos = np.pad(sensor_of_cell.reshape(H, W), 2, constant_values=geo.N_CHANNELS)
                 win = np.lib.stride_tricks.sliding_window_view(pos, (5, 5))  # (H, W, 5, 5)
                 self.register_buffer(f"patch_{face}", torch.as_tensor(np.ascontiguousarray(win)), persistent=False)
 
@@ -78,8 +78,8 @@ class FaceLayout(torch.nn.Module):
         return getattr(self, f"cell_{face}")
 
     def patch_sensors(self, face: str) -> torch.Tensor:
-        """One-sensor-per-cell faces: ``(H, W, 5, 5)``, the face positions (indices into
-        ``ids(face)``) of the sensors in the 5x5 window around each cell; ``n_face`` off the face."""
+        """One-sensor-per-cell faces: ``(H, W, 5, 5)``, the channel ids of the sensors in the 5x5
+        window around each cell; ``N_CHANNELS`` (4760) off the face."""
         return getattr(self, f"patch_{face}")
 
     def grid_shape(self, face: str) -> tuple[int, int]:

@@ -34,18 +34,25 @@ N_ESTIMATES = 4  # neighbour-average npho, solid-angle npho, neighbour-average t
 # trace, and have no parameters to learn
 @torch.compiler.disable
 @torch.no_grad()
-def classical_estimates(x: torch.Tensor, masks: SensorMask, normalizer: Normalizer) -> torch.Tensor:
+def classical_estimates(
+    x: torch.Tensor, masks: SensorMask, normalizer: Normalizer, sensors: torch.Tensor | None = None
+) -> torch.Tensor:
     """The classical estimates of every sensor from its visible neighbours, ``(B, 4760, 4)`` in
     normalised units: the neighbour average and the solid-angle estimate of npho (both computed on
     raw photon counts, exactly as the baselines of :mod:`xecbench.baselines`), the neighbour average
-    of the time over time-valid neighbours, and 1 where a visible neighbour exists (else all 0)."""
+    of the time over time-valid neighbours, and 1 where a visible neighbour exists (else all 0).
+
+    ``sensors (S,)`` (optional): computed at those channel ids only, the same values there, and zero
+    at the other sensors."""
     visible = masks.visible
     raw = normalizer.npho_inverse(torch.where(visible, x[..., 0], 0.0).float())
-    nb, sa, has = npho_estimates(raw, visible)
-    t_nb, t_has = neighbour_average(x[..., 1], visible & masks.time_valid)
+    nb, sa, has = npho_estimates(raw, visible, sensors=sensors)
+    t_nb, t_has = neighbour_average(x[..., 1], visible & masks.time_valid, sensors=sensors)
     h = has.to(x.dtype)
-    est = [normalizer.npho(nb) * h, normalizer.npho(sa) * h, t_nb * t_has.to(x.dtype), h]
-    return torch.stack(est, dim=-1).to(x.dtype)
+    est = torch.stack([normalizer.npho(nb) * h, normalizer.npho(sa) * h, t_nb * t_has.to(x.dtype), h], dim=-1)
+    if sensors is None:
+        return est.to(x.dtype)
+    return x.new_zeros(x.shape[0], x.shape[1], 4).index_copy_(1, sensors, est.to(x.dtype))
 
 
 class GridHead(nn.Module):
@@ -151,15 +158,13 @@ class Refiner(nn.Module):
     ) -> torch.Tensor:
         """x ``(B, 4760, 2)`` normalised, tokens ``(B, 6, D)`` -> predictions ``(B, 4760, 2)``.
 
-        ``at (B, 4760)`` bool (optional, inference): compute the grid faces' corrections only in the
-        cells that hold these sensors. The predictions there are the same as without ``at``; in the
-        other cells of the grid faces they are the uncorrected classical start. Needs a data-dependent
-        number of cells: not for training steps or traced graphs. Where more than a fifth of the
-        sensors are ``at``, the dense heads run (the patches would cost more).
+        ``at (B, 4760)`` bool (optional, inference): the predictions at these sensors only, the same
+        as without ``at``; the other sensors are not predicted (see :meth:`forward_at`). Where more
+        than a fifth of the sensors are ``at``, the dense heads run (the patches would cost more).
         """
+        if at is not None and at.float().mean() <= 0.2:
+            return self.forward_at(x, masks, tokens, at, extra)
         layout = self.layout
-        if at is not None and at.float().mean() > 0.2:  # many to fill: the dense heads are cheaper
-            at = None
         visible = masks.visible
         inp = sensor_inputs(x, masks.time_valid & visible)  # (B, N, 3), zero where not visible
         est = classical_estimates(x, masks, self.normalizer)  # (B, N, 4), at every sensor
@@ -173,58 +178,95 @@ class Refiner(nn.Module):
                 nodes = torch.cat([nodes, layout.to_nodes(est, everywhere, face)[0], *more], dim=-1)
                 per_face[face] = head(nodes, hidden, tokens[:, k])
                 continue
-            if at is not None and layout.one_to_one[face]:
-                # one sensor per cell: the patches come straight from the sensors, no face image
-                per_face[face] = self._face_at(face, head, inp, est, visible, at, tokens[:, k], more)
-                continue
             img, hidden = layout.to_grid(inp, visible, face)
             img = torch.cat([img, layout.to_grid(est, everywhere, face)[0], *more], dim=1)
-            if at is None:
-                correction = head(img, hidden, tokens[:, k])  # (B, 2, H, W)
-            else:
-                cells = ~layout.grid_mask(at, face)[:, 0]  # (B, H, W): cells holding an `at` sensor
-                correction = img.new_zeros(img.shape[0], 2, *cells.shape[1:])
-                values = head.forward_at(img, hidden, tokens[:, k], cells)  # (Q, 2)
-                correction.permute(0, 2, 3, 1)[cells] = values.to(correction.dtype)
-            per_face[face] = layout.from_grid(correction, face)
-        correction = layout.scatter(per_face)
-        npho = est[..., 0] + self.blend[self.face_of_sensor] * (est[..., 1] - est[..., 0])
-        return torch.stack([npho, est[..., 2]], dim=-1) + correction  # classical start, corrected
+            per_face[face] = layout.from_grid(head(img, hidden, tokens[:, k]), face)  # (B, n_face, 2)
+        return self._start(est) + layout.scatter(per_face)
 
-    def _face_at(
+    def _start(self, est: torch.Tensor) -> torch.Tensor:
+        """The classical start ``(B, 4760, 2)``: npho blended per face between the neighbour average
+        and the solid-angle estimate, the time's neighbour average."""
+        npho = est[..., 0] + self.blend[self.face_of_sensor] * (est[..., 1] - est[..., 0])
+        return torch.stack([npho, est[..., 2]], dim=-1)
+
+    def forward_at(
         self,
-        face: str,
-        head: GridHead,
-        inp: torch.Tensor,
-        est: torch.Tensor,
-        visible: torch.Tensor,
+        x: torch.Tensor,
+        masks: SensorMask,
+        tokens: torch.Tensor,
         at: torch.Tensor,
-        token: torch.Tensor,
-        more: list[torch.Tensor],
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """:meth:`GridHead.forward_at` for a face with one sensor per cell, with each 5x5 patch
-        gathered from the sensors themselves (no face image is built): the correction ``(B, n_face, 2)``,
-        zero away from the ``at`` sensors."""
+        """:meth:`forward` computed only for the sensors of ``at (B, 4760)`` bool: ``(B, 4760, 2)``,
+        the same predictions there, and 0 wherever no estimate was needed.
+
+        Two 3x3 convolutions see a 5x5 window, so on inner, us and ds (one sensor per cell) each
+        sensor to fill costs one 5x5 patch, gathered from a table of per-sensor head inputs, and
+        the classical estimates are computed only in those windows (for every event of the batch,
+        where any event needs them). The outer and hex faces are small: their heads see the whole
+        face. Data-dependent sizes: inference only, not for training steps or traced graphs."""
         layout = self.layout
-        ids = layout.ids(face)
-        B, n = at.shape[0], ids.numel()
-        H, W = layout.grid_shape(face)
-        # the head's input channels per sensor of the face, in its order: observations (0 where not
-        # visible), estimates, extra features, hidden flag; a zero row last for the cells off the face
-        vis = visible.index_select(1, ids)[..., None]
-        parts = [inp.index_select(1, ids) * vis.to(inp.dtype), est.index_select(1, ids)]
-        parts += [layout.from_grid(m, face) for m in more] + [(~vis).to(inp.dtype)]
+        B, N = at.shape
+        visible = masks.visible
+        windows = {}  # per one-sensor-per-cell face: event, sensor and its window's ids (Q, 5, 5)
+        need = torch.zeros(N + 1, dtype=torch.bool, device=at.device)  # which sensors need estimates
+        for face in geo.GRID_FACES:
+            ids = layout.ids(face)
+            if not layout.one_to_one[face]:
+                need[ids] = True
+                continue
+            b, j = at.index_select(1, ids).nonzero(as_tuple=True)  # (Q,): event, sensor within the face
+            cell = layout.cell_of(face)[j]
+            window = layout.patch_sensors(face).flatten(0, 1).index_select(0, cell)  # (Q, 5, 5)
+            need[window.flatten()] = True
+            windows[face] = (b, ids[j], cell, window)
+        for face in geo.HEX_FACES:
+            need[layout.ids(face)] = True
+        est = classical_estimates(x, masks, self.normalizer, need[:N].nonzero().squeeze(1))  # (B, N, 4)
+
+        # the grid heads' input channels per sensor: observations (0 where not visible), estimates,
+        # extra features, hidden flag; a zero row N for the window positions off the face
+        inp = sensor_inputs(x, masks.time_valid & visible)  # (B, N, 3)
+        parts = [inp * visible[..., None].to(inp.dtype), est]
+        if extra is not None:
+            more = inp.new_zeros(B, N, extra["inner"].shape[1])
+            for face in windows:
+                more = more.index_copy(1, layout.ids(face), layout.from_grid(extra[face], face))
+            parts.append(more)
+        parts.append((~visible)[..., None].to(inp.dtype))
         if torch.is_grad_enabled() and any(p.requires_grad for p in parts):  # out= records no gradients
-            feats = F.pad(torch.cat(parts, dim=-1), (0, 0, 0, 1))  # (B, n + 1, C)
+            table = F.pad(torch.cat(parts, dim=-1), (0, 0, 0, 1))  # (B, N + 1, C)
         else:  # one copy instead of two
-            feats = inp.new_zeros(B, n + 1, sum(p.shape[-1] for p in parts))
-            torch.cat(parts, dim=-1, out=feats[:, :n])
-        b, j = at.index_select(1, ids).nonzero(as_tuple=True)  # (Q,): event, sensor within the face
-        cell = layout.cell_of(face)[j]
-        r, c = cell // W, cell % W
-        patch = feats[b[:, None, None], layout.patch_sensors(face)[r, c]]  # (Q, 5, 5, C)
-        values = head.patch_forward(patch.permute(0, 3, 1, 2), token[b], r, c, (H, W))  # (Q, 2)
-        correction = inp.new_zeros(B, n, 2)
-        correction[b, j] = values.to(correction.dtype)
-        return correction
+            table = inp.new_zeros(B, N + 1, sum(p.shape[-1] for p in parts))
+            torch.cat(parts, dim=-1, out=table[:, :N])
+        C = table.shape[-1]
+        table = table.view(B * (N + 1), C)
+
+        correction = inp.new_zeros(B * N, 2)
+        per_face = {}
+        for k, face in enumerate(geo.FACES):
+            head, token = self.heads[face], tokens[:, k]
+            more = [] if extra is None else [extra[face]]
+            if face in windows:
+                b, sensor, cell, window = windows[face]
+                H, W = layout.grid_shape(face)
+                rows = (b[:, None, None] * (N + 1) + window).flatten()
+                patch = table.index_select(0, rows).view(-1, 5, 5, C).permute(0, 3, 1, 2)  # (Q, C, 5, 5)
+                values = head.patch_forward(patch, token.index_select(0, b), cell // W, cell % W, (H, W))
+                correction = correction.index_copy(0, b * N + sensor, values.to(correction.dtype))
+            elif face in geo.HEX_FACES:
+                nodes, hidden = layout.to_nodes(inp, visible, face)
+                nodes = torch.cat([nodes, layout.to_nodes(est, torch.ones_like(visible), face)[0], *more], dim=-1)
+                per_face[face] = head(nodes, hidden, token)
+            else:  # the outer face: its patch cells hold several sensors
+                img, hidden = layout.to_grid(inp, visible, face)
+                img = torch.cat([img, layout.to_grid(est, torch.ones_like(visible), face)[0], *more], dim=1)
+                cells = ~layout.grid_mask(at, face)[:, 0]  # (B, H, W): cells holding an `at` sensor
+                grid = img.new_zeros(img.shape[0], 2, *cells.shape[1:])
+                grid.permute(0, 2, 3, 1)[cells] = head.forward_at(img, hidden, token, cells).to(grid.dtype)
+                per_face[face] = layout.from_grid(grid, face)
+        correction = correction.view(B, N, 2)
+        for face, v in per_face.items():
+            correction = correction.index_copy(1, layout.ids(face), v.to(correction.dtype))
+        return self._start(est) + correction
 
