@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_json  # noqa: E402
 
 from xecbench.data import RootStream, iter_root, make_loader, normalize_batch, simulate, write_root  # noqa: E402
+from xecbench.memory import keep_freed_memory  # noqa: E402
 
 CODECS = {"zlib": uproot.ZLIB(1), "lz4": uproot.LZ4(1)}
 TARGET = 20_000  # events/s per core
@@ -158,6 +159,7 @@ def main() -> None:
     p.add_argument("--dir", default="runs/bench_data", help="where the simulated files are written (once)")
     p.add_argument("--out", default="benchmarks/results/data.json")
     a = p.parse_args()
+    keep_freed_memory()  # as the Trainer and xecbench inpaint do (xecbench/memory.py)
 
     paths = write_files(Path(a.dir), a.events, basket=4096)
     files, profiles, rates, targets = {}, {}, {}, {}

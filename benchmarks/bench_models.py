@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, write_json  # noqa: E402
 from torch.profiler import profile, record_function  # noqa: E402
 
+from xecbench.memory import keep_freed_memory  # noqa: E402
 from xecbench.nn import (  # noqa: E402
     XECMAE,
     MAEConfig,
@@ -164,6 +165,7 @@ def main() -> None:
     p.add_argument("--no-profile", action="store_true", help="skip the profile of each MAE step")
     p.add_argument("--out", default="benchmarks/results/models.json", help="where the JSON goes")
     a = p.parse_args()
+    keep_freed_memory()  # as the Trainer and xecbench inpaint do (xecbench/memory.py)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows, profiles = [], {}

@@ -17,6 +17,8 @@ import time
 import typing
 from pathlib import Path
 
+from .memory import keep_freed_memory
+
 
 class UsageError(Exception):
     """A command-line argument the command cannot use (exit status 2)."""
@@ -432,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     prog = f"xecbench {args.command}"
+    keep_freed_memory()
     if args.debug or os.environ.get("XECBENCH_DEBUG", "") not in ("", "0"):
         args.func(args)
         return

@@ -42,6 +42,7 @@ from .data.io import (
 from .data.normalize import raw_invalid
 from .data.simulate import dead_channel_map
 from .geometry import N_CHANNELS
+from .memory import keep_freed_memory
 from .nn.deploy import RawInpainter
 
 FILL_MODES = ("invalid", "dead", "both")
@@ -211,6 +212,7 @@ def inpaint_root(
             raise DataFormatError(f"{p}: tree {tree!r} already has a branch {FLAG_BRANCH!r} (inpainted before?)")
         if t.num_entries == 0:
             raise DataFormatError(f"{p}: tree {tree!r} has no events")
+    keep_freed_memory()
     inpainter, identity = load_inpainter(checkpoint, weights, device)
     identity.update(fill=fill, npho_branch=npho_branch, time_branch=time_branch)
     if fill != "invalid":

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 from tqdm.auto import tqdm
 
 from ..data.io import atomic_path
+from ..memory import keep_freed_memory
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, TrainingConfig
 from .distributed import DistInfo, current
@@ -104,6 +105,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
         seed_everything(cfg.seed)
+        keep_freed_memory()  # about 13 % of a CPU step (xecbench.memory)
         self.model = model.to(self.device)
         self.ddp = DistributedDataParallel(self.model) if self.dist.enabled else None
         # what the training steps call; checkpoints, EMA and validation use the plain model
