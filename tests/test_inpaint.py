@@ -160,6 +160,39 @@ def test_heads_at_the_sensors_to_fill_equal_the_dense_heads(kind):
     assert (uncorrected[fill] - dense[fill]).abs().amax() > 0.05  # the heads do correct those sensors
 
 
+def test_heads_at_sensors_on_one_face_none_at_all_and_an_empty_batch():
+    """The sparse path when some faces (or all) have nothing to fill, and for zero events."""
+    torch.manual_seed(0)
+    model = XECInpainter(XECMAE().encoder)
+    for head in model.refiner.heads.values():
+        torch.nn.init.normal_(head.out.weight, std=0.3)
+    model.eval()
+    x, valid, tv = _batch()
+    inner_only = torch.zeros_like(valid)
+    inner_only[:, [5, 300, 2000]] = True
+    masks = SensorMask(valid, tv, inner_only)
+    with torch.no_grad():
+        dense = model.predict(x, masks)
+        assert torch.allclose(model.predict(x, masks, at=inner_only)[inner_only], dense[inner_only], atol=1e-5)
+        nothing = model.predict(x, SensorMask(valid, tv, torch.zeros_like(valid)), at=torch.zeros_like(valid))
+        assert nothing.shape == x.shape and torch.isfinite(nothing).all()
+        empty = model.predict(x[:0], SensorMask(valid[:0], tv[:0], valid[:0]), at=valid[:0])
+        assert empty.shape == (0, geo.N_CHANNELS, 2)
+
+
+def test_mae_predict_at_sensors_under_bf16_autocast():
+    """The MAE's coarse-decoder features come out in bf16 under autocast; the sparse path takes them."""
+    torch.manual_seed(0)
+    mae = XECMAE().eval()
+    x, valid, tv = _batch()
+    fill = random_hidden(valid, 0.02) | ~valid
+    masks = SensorMask(valid, tv, fill)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        sparse = mae.predict(x, masks, at=fill)
+        dense = mae.predict(x, masks)
+    assert torch.allclose(sparse[fill].float(), dense[fill].float(), atol=0.05)
+
+
 def test_mae_predict_at_sensors_with_gradients_enabled():
     """predict(..., at=...) also runs where autograd records (the MAE's decoder features carry
     gradients), and equals the dense prediction there."""

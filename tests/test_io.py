@@ -220,8 +220,15 @@ def test_zlib_is_written_through_isal_as_ordinary_zlib(tmp_path, events):
     packed = fast.compress(data)
     assert zlib.decompress(packed) == data and packed != zlib.compress(data, 1)  # ISA-L's own stream
     assert io.fast_compression(uproot.ZLIB(0)).library == "zlib"  # level 0: uncompressed, as uproot does it
+    assert io.fast_compression(uproot.ZLIB(6)).library == "zlib"  # higher levels ask for smaller files
+    chosen = uproot.ZLIB(1)
+    chosen.library = "zlib"
+    assert io.fast_compression(chosen) is chosen  # the caller's choice stands
     assert io.fast_compression(uproot.LZ4(1)) == uproot.LZ4(1) and io.fast_compression(None) is None
     path = write_root(tmp_path / "z.root", _small(events))
+    stdlib = write_root(tmp_path / "stdlib.root", _small(events), compression=chosen)
     assert uproot.open(path).file.compression == uproot.ZLIB(1)  # what the file declares
-    back = read_root(path)
-    assert all(np.array_equal(back[k], v) for k, v in _small(events).items())
+    assert path.stat().st_size != stdlib.stat().st_size  # ISA-L's streams, not the standard library's
+    for p in (path, stdlib):
+        back = read_root(p)
+        assert all(np.array_equal(back[k], v) for k, v in _small(events).items())

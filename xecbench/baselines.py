@@ -60,7 +60,7 @@ def neighbour_sums(
         slot = torch.empty_like(sums)
         for ids in table[1:]:
             sums += torch.index_select(rows, 0, ids, out=slot)
-    return sums.view(-1, B, C).permute(1, 0, 2)
+    return sums.view(table.shape[1], B, C).permute(1, 0, 2)
 
 
 def _usable_sums(

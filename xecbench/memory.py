@@ -9,9 +9,11 @@ new tensor's pages are faulted in afresh: on the 2-core machine here that costs 
 from its heap and to keep up to 1 GiB of free memory there: freed blocks are reused in place.
 
 Values are bit for bit the same; what changes is the time, and that the process's resident memory
-stays near its peak instead of shrinking between steps. The Trainer, ``xecbench inpaint`` and the
-command line call it. Linux with glibc only (elsewhere it does nothing); set the environment
-variable ``XECBENCH_KEEP_FREED_MEMORY=0`` to leave malloc as it is.
+stays near its peak instead of shrinking between steps (budget for the peak where jobs have a memory
+limit). It is for the whole process and for good: the Trainer, ``xecbench inpaint`` and the command
+line call it. Linux with glibc only (elsewhere it does nothing; under a preloaded allocator such as
+jemalloc it changes nothing). Set the environment variable ``XECBENCH_KEEP_FREED_MEMORY=0`` before
+the first call to leave malloc as it is.
 """
 
 from __future__ import annotations

@@ -48,14 +48,21 @@ DEFAULT_COMPRESSION = uproot.ZLIB(1)
 
 
 def fast_compression(compression: uproot.compression.Compression | None) -> uproot.compression.Compression | None:
-    """The codec to write with: ZLIB through ISA-L (``isal``, one of uproot's ZLIB libraries) when it is
-    installed, any other codec as it is.
+    """The codec to write with: ZLIB levels 1-3 through ISA-L (``isal``, one of uproot's ZLIB
+    libraries) when it is installed; any other codec or level, or a ZLIB whose ``library`` was chosen,
+    as it is.
 
     The baskets are ordinary zlib streams, declared with the same algorithm and level, so ROOT and
     every zlib reader read them. ISA-L compresses about 5x faster than the standard library's zlib
-    at level 1; uproot maps ZLIB levels 1-9 onto ISA-L's 0-3, and at level 1 the baskets of
-    simulated events come out about 12 % larger (``benchmarks/bench_inpaint_files.py``)."""
-    if not isinstance(compression, uproot.ZLIB) or compression.level == 0 or importlib.util.find_spec("isal") is None:
+    at level 1; uproot maps ZLIB levels 1-3 onto ISA-L's 0-1, and at level 1 the baskets of
+    simulated events come out about 10 % larger (``benchmarks/bench_inpaint_files.py``). Higher
+    levels ask for smaller files, so they stay with the standard library."""
+    if (
+        not isinstance(compression, uproot.ZLIB)
+        or not 1 <= compression.level <= 3
+        or "library" in vars(compression)  # chosen by the caller
+        or importlib.util.find_spec("isal") is None
+    ):
         return compression
     fast = uproot.ZLIB(compression.level)
     fast.library = "isal"

@@ -47,7 +47,8 @@ class RawInpainter(nn.Module):
         """sensors ``(B, 4760, 2)`` raw, fill ``(B, 4760)`` bool or 0/1 -> ``(B, 4760, 2)`` raw."""
         _check_sensors(sensors)
         fill = fill > 0.5 if fill.is_floating_point() else fill.bool()
-        if sensors.device.type == "cpu" and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if sensors.device.type == "cpu" and not (traced or sensors.requires_grad):
             x, valid, time_valid = self.normalizer.normalize(sensors[..., 0], sensors[..., 1])  # same bits, faster
         else:
             x, valid, time_valid = self.normalizer(sensors[..., 0], sensors[..., 1])

@@ -124,7 +124,7 @@ class FaceLayout(torch.nn.Module):
         """Image ``(B, C, H, W)`` -> per-sensor values ``(B, n_face, C)`` in face-id order."""
         B, C = img.shape[:2]
         # a view for a channels-last image (what the networks return), a copy otherwise
-        cells = img.permute(0, 2, 3, 1).reshape(B, -1, C)
+        cells = img.permute(0, 2, 3, 1).reshape(B, img.shape[2] * img.shape[3], C)
         return cells.index_select(1, self.cell_of(face))
 
     def to_nodes(self, x: torch.Tensor, visible: torch.Tensor, face: str) -> tuple[torch.Tensor, torch.Tensor]:

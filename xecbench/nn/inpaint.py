@@ -95,7 +95,8 @@ class XECInpainter(nn.Module):
 
     def predict(self, x: torch.Tensor, masks: SensorMask, at: torch.Tensor | None = None) -> torch.Tensor:
         """Predictions ``(B, 4760, 2)`` at every sensor from the visible ones (no loss, no gather).
-        ``at (B, 4760)`` bool: exact only there, much faster (see :class:`.refine.Refiner`)."""
+        ``at (B, 4760)`` bool: only there (the other sensors are not predicted: 0), much faster (see
+        :meth:`.refine.Refiner.forward_at`)."""
         return self.refiner(x, masks, self.encoder(x, masks)["tokens"], at=at)
 
     def forward(self, x: torch.Tensor, masks: SensorMask, capacity: int) -> InpaintOutput:

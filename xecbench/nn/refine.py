@@ -231,7 +231,7 @@ class Refiner(nn.Module):
         if extra is not None:
             more = inp.new_zeros(B, N, extra["inner"].shape[1])
             for face in windows:
-                more = more.index_copy(1, layout.ids(face), layout.from_grid(extra[face], face))
+                more = more.index_copy(1, layout.ids(face), layout.from_grid(extra[face], face).to(more.dtype))
             parts.append(more)
         parts.append((~visible)[..., None].to(inp.dtype))
         if torch.is_grad_enabled() and any(p.requires_grad for p in parts):  # out= records no gradients
