@@ -5,7 +5,9 @@ chunk), and a file of a tenth of them, then runs ``xecbench inpaint --fill both`
 process and reads the child's peak resident memory (``ru_maxrss``). Streaming holds if the big file
 needs no more memory than the small one (within ``--slack``) and stays under ``--max-gb``. The model is
 an untrained tiny inpainter (``inpaint_tiny``'s architecture): its cost, unlike its accuracy, does not
-depend on training. Also reports the throughput (the speed issue's target: 1,000 events/s on 2 cores).
+depend on training. Also reports the throughput (the speed issue's target: 1,000 events/s on 2 cores)
+and where one core's time goes: inpaint's steps (read, fill mask, normalise, encoder, refiner, raw
+units, write) run one after another on the small file's first 4,000 events.
 
     python benchmarks/bench_inpaint_files.py                   # 100,000 events (about 4 min on 2 cores)
     python benchmarks/bench_inpaint_files.py --events 10000    # quicker
@@ -18,15 +20,21 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import uproot
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_json  # noqa: E402
 
 from xecbench.data import simulate, write_root  # noqa: E402
+from xecbench.data.io import fast_compression  # noqa: E402
+from xecbench.inpaint_files import fill_mask, load_inpainter  # noqa: E402
+from xecbench.nn import SensorMask  # noqa: E402
 from xecbench.train import build_model, load_config  # noqa: E402
 
 KEEP = ("npho", "relative_time", "run", "event")
@@ -48,6 +56,72 @@ def run_child(argv: list[str]) -> tuple[float, float]:
     subprocess.run([sys.executable, "-m", "xecbench.cli", *argv], check=True)
     seconds = time.perf_counter() - t0
     return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+REFINER = "refiner (estimates, heads at the sensors to fill)"
+
+
+def _to_raw(norm, pred: torch.Tensor, fill: torch.Tensor, npho: np.ndarray) -> torch.Tensor:
+    """The model's npho in raw units where ``fill``, the file's elsewhere (what RawInpainter returns)."""
+    return torch.where(fill, norm.inverse(pred)[0], torch.from_numpy(npho))
+
+
+def profile_parts(src: Path, checkpoint: Path, step_size: int, batch: int = 64, events: int = 4000) -> dict:
+    """Where one core's time goes per event: the steps of ``xecbench inpaint`` run one after another on
+    the first ``events`` events of ``src``, torch on one thread (as each of inpaint's batch threads)."""
+    inpainter, _ = load_inpainter(checkpoint)
+    model, norm = inpainter.model, inpainter.normalizer
+    parts = dict.fromkeys(
+        [
+            "read (uproot)",
+            "fill mask",
+            "normalise",
+            "encoder",
+            REFINER,
+            "back to raw units",
+            "write (ZLIB through ISA-L, or the file's codec)",
+        ],
+        0.0,
+    )
+
+    def timed(name, f, *args):
+        t0 = time.perf_counter()
+        out = f(*args)
+        parts[name] += time.perf_counter() - t0
+        return out
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tree = uproot.open(src)["tree"]
+    compression = fast_compression(tree.file.compression)
+    chunks = tree.iterate(KEEP, step_size=step_size, entry_stop=events, library="np")
+    with tempfile.TemporaryDirectory() as tmp, uproot.recreate(Path(tmp) / "out.root", compression=compression) as f:
+        out_tree = None
+        while (chunk := timed("read (uproot)", next, chunks, None)) is not None:
+            npho, time_ = chunk["npho"], chunk["relative_time"]
+            fill = torch.from_numpy(timed("fill mask", fill_mask, npho, "both"))
+            filled = np.empty_like(npho)
+            with torch.inference_mode():
+                for start in range(0, len(npho), batch):
+                    sl = slice(start, start + batch)
+                    x, valid, tv = timed("normalise", norm.normalize, npho[sl], time_[sl])
+                    masks = SensorMask(valid, tv, fill[sl])
+                    tokens = timed("encoder", model.encoder, x, masks)["tokens"]
+                    pred = timed(REFINER, model.refiner, x, masks, tokens, None, fill[sl])
+                    raw = timed("back to raw units", _to_raw, norm, pred, fill[sl], npho[sl])
+                    filled[sl] = raw.numpy()
+            arrays = {**chunk, "npho": filled, "inpainted": fill.numpy()}
+            if out_tree is None:
+                out_tree = f.mktree("tree", {k: (v.dtype, v.shape[1:]) for k, v in arrays.items()})
+            timed("write (ZLIB through ISA-L, or the file's codec)", out_tree.extend, arrays)
+    torch.set_num_threads(threads)
+    total = sum(parts.values())
+    table = {k: {"us_per_event": round(v / events * 1e6, 1), "share": round(v / total, 3)} for k, v in parts.items()}
+    table["total"] = {"us_per_event": round(total / events * 1e6, 1), "share": 1.0}
+    print(f"\nwhere one core's time goes ({events} events, batch {batch}, one thread)")
+    for k, v in table.items():
+        print(f"  {k:52s} {v['us_per_event']:8.1f} us/event  {v['share']:6.1%}")
+    return table
 
 
 def main() -> None:
@@ -84,6 +158,8 @@ def main() -> None:
             "peak_rss_mb": round(peak_mb, 1),
         }
         print(name, rows[name], flush=True)
+        if name == "small":
+            profile = profile_parts(src, work / "inpaint.pt", a.step_size, events=min(n, 4000))
         for f in (src, dst):
             os.remove(f)  # several GB each
 
@@ -114,6 +190,7 @@ def main() -> None:
             "step_size": a.step_size,
             "threads": torch.get_num_threads(),
             "rows": rows,
+            "profile_one_core": profile,
             "targets": targets,
         },
     )
