@@ -115,10 +115,13 @@ def make_anchor_step(anchor: str, device: str, batch: int):
     return step, sum(p.numel() for p in model.parameters())
 
 
-def alternate(steps: dict[str, object], repeats: int, sync) -> dict[str, list[float]]:
-    """Seconds per call of each step, timed in turn (A, B, A, B, ...) so both see the same machine."""
-    for fn in steps.values():
-        fn()  # warm-up
+def alternate(steps: dict[str, object], repeats: int, sync, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each step, timed in turn (A, B, A, B, ...) so both see the same machine,
+    after ``warmup`` untimed calls of each (the seed system's first steps are several times slower
+    than its later ones while its allocations settle)."""
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for k, fn in steps.items():
@@ -161,7 +164,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--presets", default="tiny,base", help="encoder presets, comma-separated (default tiny,base)")
     p.add_argument("--anchor", help="a checkout of the seed system: time its MAE beside ours at token width 1024")
-    p.add_argument("--repeats", type=int, default=5, help="alternating repeats with --anchor")
+    p.add_argument("--repeats", type=int, default=7, help="alternating repeats with --anchor")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls of each step before them")
     p.add_argument("--no-profile", action="store_true", help="skip the profile of each MAE step")
     p.add_argument("--out", default="benchmarks/results/models.json", help="where the JSON goes")
     a = p.parse_args()
@@ -204,7 +208,7 @@ def main() -> None:
         if a.compile:  # ours with training.compile=true as well (the seed system is run as it is, eager)
             steps["xecbench compiled"] = make_step("mae", "base", device, a.batch, False, True)[0]
             steps["xecbench compiled"]()  # the compilation, outside the timing
-        times = alternate(steps, a.repeats, sync)
+        times = alternate(steps, a.repeats, sync, a.warmup)
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = med["seed"] / med["xecbench"]
         result["side_by_side"] = {

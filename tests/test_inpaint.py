@@ -180,6 +180,31 @@ def test_heads_at_sensors_on_one_face_none_at_all_and_an_empty_batch():
         assert empty.shape == (0, geo.N_CHANNELS, 2)
 
 
+@pytest.mark.parametrize("kind", ["inpainter", "mae"])
+def test_heads_at_sensors_of_some_events_only(kind):
+    """The heads that see a whole face (outer, top, bottom) run only on the events with a sensor to
+    fill there: each event's predictions equal the dense heads' whatever the other events need."""
+    torch.manual_seed(0)
+    mae = XECMAE()
+    model = XECInpainter(mae.encoder) if kind == "inpainter" else mae
+    for head in model.refiner.heads.values():
+        torch.nn.init.normal_(head.out.weight, std=0.3)
+        torch.nn.init.normal_(head.out.bias, std=0.3)
+    model.eval()
+    x, valid, tv = _batch(4)
+    layout = model.refiner.layout
+    fill = torch.zeros_like(valid)
+    fill[:, 1000] = True  # inner, every event
+    fill[0, layout.ids("top")[[0, 40]]] = True  # top: event 0 only
+    fill[2, layout.ids("outer")[7]] = True  # outer: event 2 only
+    fill[3, layout.ids("bottom")[72]] = True  # bottom: event 3 only
+    masks = SensorMask(valid, tv, fill)
+    with torch.no_grad():
+        dense = model.predict(x, masks)
+        sparse = model.predict(x, masks, at=fill)
+    assert torch.allclose(sparse[fill], dense[fill], atol=1e-5)
+
+
 def test_mae_predict_at_sensors_under_bf16_autocast():
     """The MAE's coarse-decoder features come out in bf16 under autocast; the sparse path takes them."""
     torch.manual_seed(0)

@@ -89,6 +89,34 @@ def test_grn_uses_visible_sites_only():
         assert torch.allclose(got[b], grn.gamma * x[b] * nx + grn.beta + x[b], atol=1e-6)
 
 
+def test_grn_gradients_equal_finite_differences():
+    """GRN's visible-site statistics (a batched product with the flags) differentiate correctly, on a
+    grid face and on hex nodes, against central differences in float64."""
+    for shape, vis_shape in (((2, 3, 4, 5), (2, 3, 4, 1)), ((2, 7, 5), (2, 7, 1))):
+        grn = GRN(5).double()
+        _randomise(grn)
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        visible = (torch.rand(*vis_shape) > 0.4).double()
+        visible[0] = 1.0  # one sample fully visible, one partly
+        assert torch.autograd.gradcheck(lambda t, g=grn, v=visible: g(t, v), (x,))
+
+
+def test_drop_path_drops_whole_samples_and_keeps_the_mean():
+    """In training each sample's branch is either dropped (0) or scaled by 1 / (1 - p), so the expected
+    output is the input; in eval it is the identity."""
+    from xecbench.nn import DropPath
+
+    torch.manual_seed(0)
+    dp = DropPath(0.25).train()
+    x = torch.rand(4000, 3, 2) + 0.5
+    y = dp(x)
+    kept = (y != 0).flatten(1).all(1)
+    assert ((y != 0).flatten(1).any(1) == kept).all()  # all of a sample or none of it
+    assert torch.allclose(y[kept], x[kept] / 0.75, rtol=1e-6)
+    assert abs(kept.float().mean().item() - 0.75) < 0.03  # 3 sigma of 4000 draws is 0.021
+    assert torch.equal(dp.eval()(x), x)
+
+
 def test_downsample_carries_the_mask():
     down = Downsample(4, 6)
     x = torch.randn(1, 4, 5, 4)
@@ -122,16 +150,23 @@ def test_whole_encoder_never_sees_hidden_values():
         assert torch.allclose(a["features"][face], b["features"][face], atol=1e-5)
 
 
-def test_hex_conv_equals_edge_loop():
+def test_hex_conv_and_its_gradients_equal_edge_loop():
+    """The gather form against a loop over the graph's edges, forward and backward (the gather's
+    backward is an index_add over the neighbour table)."""
     conv = HexConv(5)
     _randomise(conv)
-    x = torch.randn(2, 73, 5)
+    x = torch.randn(2, 73, 5, requires_grad=True)
     g = geo.hex_graph()
     ref = conv.bias.expand(2, 73, 5).clone()
     for s, t, d in zip(g.src, g.dst, g.direction):
         ref[:, t] = ref[:, t] + conv.weight[d] * x[:, s]
-    with torch.no_grad():
-        assert torch.allclose(conv(x), ref, atol=1e-6)
+    got = conv(x)
+    assert torch.allclose(got, ref, atol=1e-6)
+    w = torch.randn(2, 73, 5)
+    grads = torch.autograd.grad((got * w).sum(), (x, conv.weight))
+    ref_grads = torch.autograd.grad((ref * w).sum(), (x, conv.weight))
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_hex_attention_masks_keys_and_equals_loop():

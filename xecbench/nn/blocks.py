@@ -8,15 +8,21 @@ statistics over the visible sites only. Without a mask they are the ordinary den
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def zero_masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Zero the masked sites of ``x`` ``(B, C, H, W)``; ``mask`` broadcasts to it (True = masked)."""
-    # where, not masked_fill: masked_fill returns channels-first, where keeps x's memory format
-    return x if mask is None else torch.where(mask, 0.0, x)
+    """Zero the masked sites of ``x`` ``(B, C, H, W)``; ``mask`` broadcasts to it (True = masked).
+
+    A product with the visible flag, as :meth:`.faces.FaceLayout.to_grid` zeroes hidden sensors: the
+    features are finite by construction (invalid sensors enter as a finite sentinel, and hidden ones
+    as 0). It keeps x's memory format (masked_fill returns channels-first) and is about 2.7x faster on
+    CPU than ``torch.where`` with the broadcast mask."""
+    return x if mask is None else x * (~mask).to(x.dtype)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -40,13 +46,24 @@ class GRN(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
-        spatial = tuple(range(1, x.dim() - 1))
-        xv = x if visible is None else x * visible
+        B, C = x.shape[0], x.shape[-1]
+        stats = (B,) + (1,) * (x.dim() - 2) + (C,)  # (B, 1.., C)
+        # at least float32, also for half-precision weights (the sum of squares overflows fp16, and
+        # the clamp's 1e-24 is 0 there)
+        sq = x.to(torch.promote_types(x.dtype, torch.float32)).square()
+        if visible is None:
+            ss = sq.sum(dim=tuple(range(1, x.dim() - 1)), keepdim=True)
+        else:
+            # the sum over visible sites as a batched product with the visible flags (B, 1, S) @ (B, S, C):
+            # one pass over the large tensor instead of three (mask, square, sum), about 2x faster on a
+            # CPU; in float32 under autocast too (autocast would run bmm in half precision)
+            with torch.autocast(x.device.type, enabled=False):
+                S = math.prod(x.shape[1:-1])  # sites per event (explicit: B may be 0)
+                ss = torch.bmm(visible.to(sq.dtype).reshape(B, 1, S), sq.reshape(B, S, C)).view(stats)
         # the square root's gradient at an all-zero (fully hidden) sample is infinite, and 0 * inf
         # poisons every earlier layer with NaN: the clamp's zero gradient below 1e-24 stops it there.
-        # In float32 also for half-precision weights (the sum of squares overflows fp16, and 1e-24
-        # is 0 there). linalg.vector_norm is safe too, but 5x slower on CPU over these dims.
-        gx = xv.float().pow(2).sum(dim=spatial, keepdim=True).clamp(min=1e-24).sqrt()  # (B, 1.., C)
+        # linalg.vector_norm is safe too, but 5x slower on CPU over these dims.
+        gx = ss.clamp(min=1e-24).sqrt()  # (B, 1.., C)
         nx = (gx / (gx.mean(dim=-1, keepdim=True) + self.eps)).to(x.dtype)
         # gamma * (x * nx) + beta + x, with the scale folded on the small (B, 1.., C) tensor: one pass
         # over the large one instead of four (these passes are memory-bound on a CPU)
@@ -64,7 +81,7 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+        return x * keep.div_(1 - self.p)  # the scale on the (B, 1..) flags: one pass over x, not two
 
 
 class ChannelMLP(nn.Module):

@@ -29,8 +29,12 @@ def _neighbour_table() -> torch.Tensor:
 
 def gather_neighbours(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``(B, N, C)`` -> ``(B, N, 7, C)``: features of self and the six neighbours (0 where absent)."""
-    pad = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], dim=1)
-    return pad[:, table]
+    B, N, C = x.shape
+    pad = torch.cat([x, x.new_zeros(B, 1, C)], dim=1)
+    # index_select, not pad[:, table]: the same values, but its backward is an index_add instead of
+    # advanced indexing's accumulating index_put, which makes HexConv's forward + backward about 2x
+    # faster on CPU (benchmarks/bench_hex.py)
+    return pad.index_select(1, table.flatten()).view(B, *table.shape, C)
 
 
 class HexConv(nn.Module):

@@ -203,70 +203,76 @@ class Refiner(nn.Module):
         Two 3x3 convolutions see a 5x5 window, so on inner, us and ds (one sensor per cell) each
         sensor to fill costs one 5x5 patch, gathered from a table of per-sensor head inputs, and
         the classical estimates are computed only in those windows (for every event of the batch,
-        where any event needs them). The outer and hex faces are small: their heads see the whole
-        face. Data-dependent sizes: inference only, not for training steps or traced graphs."""
+        where any event needs them); the heads' inputs are gathered into a table of those sensors
+        only. The outer and hex faces are small: their heads see the whole face, for the events with
+        a sensor to fill there (a face with none costs nothing). Data-dependent sizes: inference
+        only, not for training steps or traced graphs."""
         layout = self.layout
         B, N = at.shape
         visible = masks.visible
         windows = {}  # per one-sensor-per-cell face: event, sensor and its window's ids (Q, 5, 5)
+        whole = {}  # per face whose head sees the whole face: the events with a sensor to fill there (E,)
         need = torch.zeros(N + 1, dtype=torch.bool, device=at.device)  # which sensors need estimates
-        for face in geo.GRID_FACES:
+        for face in geo.FACES:
             ids = layout.ids(face)
-            if not layout.one_to_one[face]:
-                need[ids] = True
+            if face in geo.HEX_FACES or not layout.one_to_one[face]:
+                events = at.index_select(1, ids).any(1).nonzero().squeeze(1)
+                if len(events):  # a face with nothing to fill costs nothing
+                    whole[face] = events
+                    need[ids] = True
                 continue
             b, j = at.index_select(1, ids).nonzero(as_tuple=True)  # (Q,): event, sensor within the face
             cell = layout.cell_of(face)[j]
             window = layout.patch_sensors(face).flatten(0, 1).index_select(0, cell)  # (Q, 5, 5)
             need[window.flatten()] = True
             windows[face] = (b, ids[j], cell, window)
-        for face in geo.HEX_FACES:
-            need[layout.ids(face)] = True
-        est = classical_estimates(x, masks, self.normalizer, need[:N].nonzero().squeeze(1))  # (B, N, 4)
+        sensors = need[:N].nonzero().squeeze(1)  # (S,) channel ids
+        S = len(sensors)
+        est = classical_estimates(x, masks, self.normalizer, sensors)  # (B, N, 4), zero off `sensors`
 
-        # the grid heads' input channels per sensor: observations (0 where not visible), estimates,
-        # extra features, hidden flag; a zero row N for the window positions off the face
+        # the grid heads' input channels at the S sensors: observations (0 where not visible), estimates,
+        # extra features, hidden flag; a zero row S for the window positions off the face
         inp = sensor_inputs(x, masks.time_valid & visible)  # (B, N, 3)
-        parts = [inp * visible[..., None].to(inp.dtype), est]
+        vis = visible.index_select(1, sensors)[..., None].to(inp.dtype)  # (B, S, 1)
+        parts = [inp.index_select(1, sensors) * vis, est.index_select(1, sensors)]
         if extra is not None:
             more = inp.new_zeros(B, N, extra["inner"].shape[1])
             for face in windows:
                 more = more.index_copy(1, layout.ids(face), layout.from_grid(extra[face], face).to(more.dtype))
-            parts.append(more)
-        parts.append((~visible)[..., None].to(inp.dtype))
-        if torch.is_grad_enabled() and any(p.requires_grad for p in parts):  # out= records no gradients
-            table = F.pad(torch.cat(parts, dim=-1), (0, 0, 0, 1))  # (B, N + 1, C)
-        else:  # one copy instead of two
-            table = inp.new_zeros(B, N + 1, sum(p.shape[-1] for p in parts))
-            torch.cat(parts, dim=-1, out=table[:, :N])
+            parts.append(more.index_select(1, sensors))
+        parts.append(1 - vis)
+        table = F.pad(torch.cat(parts, dim=-1), (0, 0, 0, 1))  # (B, S + 1, C)
         C = table.shape[-1]
-        table = table.view(B * (N + 1), C)
+        table = table.view(B * (S + 1), C)
+        row = torch.full((N + 1,), S, dtype=torch.long, device=at.device)  # channel id -> table row
+        row[sensors] = torch.arange(S, device=at.device)
 
         correction = inp.new_zeros(B * N, 2)
-        per_face = {}
-        for k, face in enumerate(geo.FACES):
-            head, token = self.heads[face], tokens[:, k]
-            more = [] if extra is None else [extra[face]]
-            if face in windows:
-                b, sensor, cell, window = windows[face]
-                H, W = layout.grid_shape(face)
-                rows = (b[:, None, None] * (N + 1) + window).flatten()
-                patch = table.index_select(0, rows).view(-1, 5, 5, C).permute(0, 3, 1, 2)  # (Q, C, 5, 5)
-                values = head.patch_forward(patch, token.index_select(0, b), cell // W, cell % W, (H, W))
-                correction = correction.index_copy(0, b * N + sensor, values.to(correction.dtype))
-            elif face in geo.HEX_FACES:
-                nodes, hidden = layout.to_nodes(inp, visible, face)
-                nodes = torch.cat([nodes, layout.to_nodes(est, torch.ones_like(visible), face)[0], *more], dim=-1)
-                per_face[face] = head(nodes, hidden, token)
-            else:  # the outer face: its patch cells hold several sensors
-                img, hidden = layout.to_grid(inp, visible, face)
-                img = torch.cat([img, layout.to_grid(est, torch.ones_like(visible), face)[0], *more], dim=1)
-                cells = ~layout.grid_mask(at, face)[:, 0]  # (B, H, W): cells holding an `at` sensor
-                grid = img.new_zeros(img.shape[0], 2, *cells.shape[1:])
-                grid.permute(0, 2, 3, 1)[cells] = head.forward_at(img, hidden, token, cells).to(grid.dtype)
-                per_face[face] = layout.from_grid(grid, face)
+        for face, (b, sensor, cell, window) in windows.items():
+            H, W = layout.grid_shape(face)
+            rows = (b[:, None, None] * (S + 1) + row[window]).flatten()
+            patch = table.index_select(0, rows).view(-1, 5, 5, C).permute(0, 3, 1, 2)  # (Q, C, 5, 5)
+            token = tokens[:, geo.FACES.index(face)].index_select(0, b)
+            values = self.heads[face].patch_forward(patch, token, cell // W, cell % W, (H, W))
+            correction = correction.index_copy(0, b * N + sensor, values.to(correction.dtype))
         correction = correction.view(B, N, 2)
-        for face, v in per_face.items():
-            correction = correction.index_copy(1, layout.ids(face), v.to(correction.dtype))
+        for face, events in whole.items():  # the heads run on those events only
+            head, token = self.heads[face], tokens.index_select(0, events)[:, geo.FACES.index(face)]
+            ie, ve = inp.index_select(0, events), visible.index_select(0, events)
+            ee = est.index_select(0, events)
+            more = [] if extra is None else [extra[face].index_select(0, events)]
+            if face in geo.HEX_FACES:
+                nodes, hidden = layout.to_nodes(ie, ve, face)
+                nodes = torch.cat([nodes, layout.to_nodes(ee, torch.ones_like(ve), face)[0], *more], dim=-1)
+                values = head(nodes, hidden, token)
+            else:  # the outer face: its patch cells hold several sensors
+                img, hidden = layout.to_grid(ie, ve, face)
+                img = torch.cat([img, layout.to_grid(ee, torch.ones_like(ve), face)[0], *more], dim=1)
+                cells = ~layout.grid_mask(at.index_select(0, events), face)[:, 0]  # (E, H, W): cells to fill
+                grid = img.new_zeros(len(events), 2, *cells.shape[1:])
+                grid.permute(0, 2, 3, 1)[cells] = head.forward_at(img, hidden, token, cells).to(grid.dtype)
+                values = layout.from_grid(grid, face)
+            rows = correction.index_select(0, events).index_copy(1, layout.ids(face), values.to(correction.dtype))
+            correction = correction.index_copy(0, events, rows)
         return self._start(est) + correction
 
