@@ -195,7 +195,7 @@ def test_heads_at_sensors_of_some_events_only(kind):
     layout = model.refiner.layout
     fill = torch.zeros_like(valid)
     fill[:, 1000] = True  # inner, every event
-    fill[0, layout.ids("top")[[0, 40]]] = True  # top: event 0 only
+    fill[1, layout.ids("top")[[0, 40]]] = True  # top: event 1 only
     fill[2, layout.ids("outer")[7]] = True  # outer: event 2 only
     fill[3, layout.ids("bottom")[72]] = True  # bottom: event 3 only
     masks = SensorMask(valid, tv, fill)

@@ -18,10 +18,11 @@ from torch import nn
 def zero_masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Zero the masked sites of ``x`` ``(B, C, H, W)``; ``mask`` broadcasts to it (True = masked).
 
-    A product with the visible flag, as :meth:`.faces.FaceLayout.to_grid` zeroes hidden sensors: the
-    features are finite by construction (invalid sensors enter as a finite sentinel, and hidden ones
-    as 0). It keeps x's memory format (masked_fill returns channels-first) and is about 2.7x faster on
-    CPU than ``torch.where`` with the broadcast mask."""
+    A product with the visible flag, as :meth:`.faces.FaceLayout.to_grid` zeroes hidden sensors: it
+    does not guard against NaN or inf at masked sites (NaN * 0 is NaN), and needs none, because the
+    encoder's features are finite by construction (the normaliser turns invalid sensors into a finite
+    sentinel, and hidden ones enter as 0). It keeps x's memory format (masked_fill returns
+    channels-first) and is about 2.7x faster on CPU than ``torch.where`` with the broadcast mask."""
     return x if mask is None else x * (~mask).to(x.dtype)
 
 
@@ -35,8 +36,8 @@ class LayerNorm2d(nn.LayerNorm):
 class GRN(nn.Module):
     """Global response normalisation (ConvNeXt V2) on channels-last features ``(B, ..., C)``.
 
-    ``visible``: ``(B, ..., 1)`` float, 1 at visible sites; the L2 norm is then taken over visible
-    sites only, as in the sparse model.
+    ``visible``: ``(B, ..., 1)`` float, 1 at visible sites, one flag per site of ``x`` (not a smaller
+    broadcast shape); the L2 norm is then taken over visible sites only, as in the sparse model.
     """
 
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -81,7 +82,9 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep.div_(1 - self.p)  # the scale on the (B, 1..) flags: one pass over x, not two
+        if x.dtype in (torch.float32, torch.float64):
+            return x * keep.div_(1 - self.p)  # the scale on the (B, 1..) flags: one pass over x, not two
+        return x * keep / (1 - self.p)  # in half precision 1 / (1 - p) itself would round: a biased scale
 
 
 class ChannelMLP(nn.Module):
