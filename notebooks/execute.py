@@ -3,8 +3,9 @@
     python notebooks/execute.py                       # all notebooks, in order (about 10 minutes on 2 cores)
     python notebooks/execute.py notebooks/02_*.ipynb  # some
 
-Each notebook runs top to bottom in a fresh kernel, in its own folder (as nbval runs it), and is
-written back only if every cell succeeded. Its metadata then records :func:`fingerprint`, a hash of
+Each notebook runs top to bottom in a fresh kernel, in its own folder and with the numerics settings
+of the test run (:data:`PORTABLE_NUMERICS`, as nbval runs it), and is written back only if every cell
+succeeded. Its metadata then records :func:`fingerprint`, a hash of
 the package's code, configs and pinned requirements, and :func:`cells_hash`, a hash of its own code
 cells; ``tests/test_notebooks_current.py`` fails when a committed notebook's stamp differs from the
 checkout's, so no committed output comes from older code or from cells edited since. Change the
@@ -23,6 +24,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 STAMP = "xecbench"  # notebook metadata key: {"code": fingerprint(), "cells": cells_hash(nb)}
+
+# The same bits on any x86-64 CPU with AVX2. Without these, a notebook prints other digits on an Intel
+# AVX-512, an AMD EPYC and an Intel AVX2 machine, even for the simulated events themselves: MKL picks
+# its kernels, and so its rounding, by the processor's vendor and instruction set (for matrix products
+# and for the vectorised sqrt, exp, log, erf and tanh that ATen hands to it), and oneDNN's
+# convolutions and ATen's own kernels are compiled per instruction set. MKL's conditional numerical
+# reproducibility (COMPATIBLE: the same results on Intel and compatible processors), oneDNN and ATen
+# held to their AVX2 kernels, one thread each. Measured here: with them, a tiny MAE's weights after four
+# steps, the simulated events and the normalised inputs are the same bits whichever instruction set MKL
+# is told to use (MKL_ENABLE_INSTRUCTIONS), and without them they are not; training runs about 1.3x
+# slower. They act when a process loads torch: this script and the test run (conftest.py) set them for
+# the kernels they start.
+PORTABLE_NUMERICS = {
+    "MKL_CBWR": "COMPATIBLE",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 def code_files(root: Path = REPO) -> list[Path]:
@@ -93,6 +113,7 @@ def main(argv: list[str]) -> int:
               f"run it with the checkout's environment (pip install --no-deps -e .)", file=sys.stderr)
         return 2
     os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.update(PORTABLE_NUMERICS)  # inherited by the kernels, as under the test run
     for path in paths:
         print(f"{path.name}: {execute(path):.0f} s", flush=True)
     print(f"stamped with code fingerprint {fingerprint()}")

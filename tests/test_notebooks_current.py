@@ -60,3 +60,30 @@ def test_the_fingerprint_follows_code_configs_and_requirements_only(tmp_path):
     # a renamed file is another tree
     (tmp_path / "xecbench" / "model.py").rename(tmp_path / "xecbench" / "layers.py")
     assert execute.fingerprint(tmp_path) != first
+
+
+def test_the_notebook_numerics_do_not_depend_on_the_instruction_set_mkl_picks(tmp_path):
+    """Under ``PORTABLE_NUMERICS`` (the settings nbval's kernels and execute.py run with), MKL's
+    vectorised sqrt, exp, log, erf and its matrix products give the same bits whichever instruction set
+    it is allowed (``MKL_ENABLE_INSTRUCTIONS``): the stand-in, on one machine, for another CPU. Without
+    the settings these differ on an AVX-512 machine (measured: the simulated events themselves)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, torch\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.rand(512, 4760, generator=g) * 100 + 0.01\n"
+        "parts = [x.sqrt(), x.log(), (x / 100).exp(), torch.erf(x / 50), torch.tanh(x / 50), x[:, :64] @ x[:64]]\n"
+        "print(hashlib.sha256(b''.join(p.contiguous().numpy().tobytes() for p in parts)).hexdigest())\n"
+    )
+    script = tmp_path / "digest_of_mkl_ops.py"
+    script.write_text(code)
+    digests = set()
+    for isa in ("AVX2", "AVX512"):
+        env = {**os.environ, **execute.PORTABLE_NUMERICS, "MKL_ENABLE_INSTRUCTIONS": isa}
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, digests
