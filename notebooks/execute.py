@@ -35,7 +35,8 @@ STAMP = "xecbench"  # notebook metadata key: {"code": fingerprint(), "cells": ce
 # steps, the simulated events and the normalised inputs are the same bits whichever instruction set MKL
 # is told to use (MKL_ENABLE_INSTRUCTIONS), and without them they are not; training runs about 1.3x
 # slower. They act when a process loads torch: this script and the test run (conftest.py) set them for
-# the kernels they start.
+# the notebook kernels they start, and only there: with them, torch.compile's CPU code (inductor) gave
+# other results than eager mode here (tests/test_train.py, tests/test_nn_models.py).
 PORTABLE_NUMERICS = {
     "MKL_CBWR": "COMPATIBLE",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
