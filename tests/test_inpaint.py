@@ -134,19 +134,25 @@ def test_from_mae_state_dict():
         assert n1 == n2 and torch.equal(p1, p2)
 
 
-@pytest.mark.parametrize("kind", ["inpainter", "mae"])
-def test_heads_at_the_sensors_to_fill_equal_the_dense_heads(kind):
-    """``predict(..., at=fill)`` runs the grid heads on 5x5 patches around the sensors to fill; the
-    dense convolutions are the reference. The heads' output layers get random weights (a trained
-    model's are not zero), and the sensors to fill include face edges and corners (zero padding)
-    and the outer face's centre patch (cells shared by several sensors)."""
+def _model_with_trained_looking_heads(kind: str):
+    """An untrained inpainter or MAE in eval mode whose heads' output layers have random weights (a
+    trained model's are not zero, an untrained one's are: its heads would correct nothing)."""
     torch.manual_seed(0)
     mae = XECMAE()
     model = XECInpainter(mae.encoder) if kind == "inpainter" else mae
     for head in model.refiner.heads.values():
         torch.nn.init.normal_(head.out.weight, std=0.3)
         torch.nn.init.normal_(head.out.bias, std=0.3)
-    model.eval()
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["inpainter", "mae"])
+def test_heads_at_the_sensors_to_fill_equal_the_dense_heads(kind):
+    """``predict(..., at=fill)`` runs the grid heads on 5x5 patches around the sensors to fill; the
+    dense convolutions are the reference. The heads' output layers get random weights (a trained
+    model's are not zero), and the sensors to fill include face edges and corners (zero padding)
+    and the outer face's centre patch (cells shared by several sensors)."""
+    model = _model_with_trained_looking_heads(kind)
     x, valid, tv = _batch()
     fill = random_hidden(valid, 0.02) | ~valid
     edges = [0, 43, 44 * 92, 4091, 2000, 4092, 4307, 4742, 4759, 4308, 4451, 4452, 4595, 4596, 4741]
@@ -184,13 +190,7 @@ def test_heads_at_sensors_on_one_face_none_at_all_and_an_empty_batch():
 def test_heads_at_sensors_of_some_events_only(kind):
     """The heads that see a whole face (outer, top, bottom) run only on the events with a sensor to
     fill there: each event's predictions equal the dense heads' whatever the other events need."""
-    torch.manual_seed(0)
-    mae = XECMAE()
-    model = XECInpainter(mae.encoder) if kind == "inpainter" else mae
-    for head in model.refiner.heads.values():
-        torch.nn.init.normal_(head.out.weight, std=0.3)
-        torch.nn.init.normal_(head.out.bias, std=0.3)
-    model.eval()
+    model = _model_with_trained_looking_heads(kind)
     x, valid, tv = _batch(4)
     layout = model.refiner.layout
     fill = torch.zeros_like(valid)
