@@ -1,6 +1,6 @@
 """Re-execute the notebooks with the code of this checkout and stamp each with that code's fingerprint.
 
-    python notebooks/execute.py                       # all notebooks, in order (about 10 minutes on 2 cores)
+    python notebooks/execute.py                       # all notebooks, in order (about 14 minutes, one thread each)
     python notebooks/execute.py notebooks/02_*.ipynb  # some
 
 Each notebook runs top to bottom in a fresh kernel, in its own folder and with the numerics settings
