@@ -12,8 +12,10 @@ uproot's default) and with LZ4, then for each file:
   wall time says little).
 
 Then the same with raw batches (``RootStream(..., normalize=False)``: read + batch, the normalisation
-left to where the batches go, :func:`xecbench.data.normalize_batch` on the GPU), and what that
-normalisation costs per event on one CPU thread.
+left to where the batches go, :func:`xecbench.data.normalize_batch` on the GPU), once more from one
+worker under a plain DataLoader (each batch in fresh shared memory, as before make_loader reused its
+slots: ``xecbench/data/shared_batches.py``), and what that normalisation costs per event on one CPU
+thread. The profile's worker runs under a plain DataLoader too (fresh memory for each batch).
 
 The speed issue's target: 20,000 events/s per core, so that one CPU worker keeps a GPU fed at the
 ``base`` size (about 10^3 events/s of training).
@@ -119,19 +121,26 @@ def cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
-def events_per_second(path: Path, batch: int, workers: int, step_size: int, normalize: bool = True) -> dict[str, int]:
+def events_per_second(
+    path: Path, batch: int, workers: int, step_size: int, normalize: bool = True, slots: bool = True
+) -> dict[str, int]:
     """The loader's rates: ``wall`` (events per second of wall time) and ``per_core`` (events per CPU
     second of the processes that load: the workers, or the main process when there are none; what
     one core would do if it were free). ``main_us_per_event``: the main process's own CPU per event.
-    ``normalize=False``: raw batches, normalised where they go (a GPU); not done here."""
+    ``normalize=False``: raw batches, normalised where they go (a GPU); not done here. ``slots=False``:
+    a plain DataLoader over the batched stream, whose workers build each batch in fresh shared
+    memory, for comparison with make_loader's reused slots (xecbench/data/shared_batches.py)."""
     stream = RootStream(path, step_size=step_size, normalize=normalize)
-    loader = make_loader(stream, batch_size=batch, num_workers=workers)
+    if slots:
+        loader = make_loader(stream, batch_size=batch, num_workers=workers)
+    else:
+        loader = DataLoader(stream.batched(batch), batch_size=None, num_workers=workers)
     key = "x" if normalize else "npho"
     n, total = 0, 0.0
     (main0, workers0), t0 = cpu_seconds(), time.perf_counter()
     for b in loader:
         n += len(b[key])
-        total += float(b[key][:, 0].sum())  # touch every batch
+        total += float(b[key].sum())  # read every byte, as a copy to the GPU would
     # the exhausted loader has joined its workers, so their CPU time is in RUSAGE_CHILDREN now
     wall = time.perf_counter() - t0
     main, loading = (c - c0 for c, c0 in zip(cpu_seconds(), (main0, workers0), strict=True))
@@ -181,7 +190,11 @@ def main() -> None:
             r = events_per_second(path, a.batch, workers, a.step_size, normalize=False)
             rates[codec][f"raw, workers={workers}"] = r
             print(f"{codec} raw batches (normalised on the device), num_workers={workers}: {r['wall']:,} events/s"
-                  f" wall, {r['per_core']:,} per loading core")
+                  f" wall, {r['per_core']:,} per loading core (main process {r['main_us_per_event']} us/event)")
+        r = events_per_second(path, a.batch, 1, a.step_size, normalize=False, slots=False)
+        rates[codec]["raw, workers=1, fresh shared memory per batch"] = r
+        print(f"{codec} raw batches, one worker, fresh shared memory for each batch (no slots): {r['wall']:,}"
+              f" events/s wall, {r['per_core']:,} per loading core (main process {r['main_us_per_event']} us/event)")
         modes = (
             ("workers=1", "one worker, normalised there"),
             ("raw, workers=1", "raw batches from one worker (normalised on the GPU)"),

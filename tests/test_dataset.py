@@ -12,7 +12,7 @@ from xecbench.data import (
     normalize_batch,
     write_root,
 )
-from xecbench.data.dataset import _empty_batch
+from xecbench.data.dataset import _new_batch
 
 
 def test_event_dataset_batches(events):
@@ -159,7 +159,7 @@ class _BatchInWorker(IterableDataset):
 
     def __iter__(self):
         for normalize in (True, False):
-            batch = _empty_batch(self.chunk, 4, normalize)
+            batch, _ = _new_batch(self.chunk, 4, normalize, ring=None)
             yield {k: torch.tensor(v.is_shared()) for k, v in batch.items()}
 
 
@@ -169,4 +169,4 @@ def test_a_worker_builds_its_batches_in_shared_memory(events):
     chunk = {k: v[:8] for k, v in events.items()}
     in_worker = list(DataLoader(_BatchInWorker(chunk), batch_size=None, num_workers=1))
     assert len(in_worker) == 2 and all(bool(flag) for b in in_worker for flag in b.values())
-    assert not any(v.is_shared() for v in _empty_batch(chunk, 4).values())
+    assert not any(v.is_shared() for v in _new_batch(chunk, 4, True, ring=None)[0].values())

@@ -14,9 +14,8 @@ Each item is a dict ``{"x": (4760, 2) float32, "valid": (4760,) bool, "time_vali
 from __future__ import annotations
 
 import copy
-import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from .io import NPHO, TIME, check_events, iter_root, load_events
 from .normalize import Normalizer
+from .shared_batches import SLOT_KEY, SlotRing, SlottedLoader, empty_shared
 from .simulate import BLOCK, SimConfig, simulate
 
 RAW_NPHO, RAW_TIME = NPHO, TIME  # the keys of a raw batch (RootStream(normalize=False)): the branch names
@@ -103,14 +103,16 @@ class SimulatedStream(IterableDataset):
             yield from _events_of(events, self.normalizer)
 
 
-def _empty_batch(chunk: dict[str, np.ndarray], batch_size: int, normalize: bool = True) -> dict[str, torch.Tensor]:
-    """Uninitialised tensors for a batch of ``batch_size`` events with the keys of a raw ``chunk``:
-    ``x (B, C, 2)`` float32, ``valid``, ``time_valid`` ``(B, C)`` bool (``normalize=False``: raw
-    ``npho``, ``time`` ``(B, C)`` float32 instead), truth ``(B, ...)``."""
+def _empty_batch(
+    chunk: dict[str, np.ndarray],
+    batch_size: int,
+    normalize: bool = True,
+    empty: Callable[..., torch.Tensor] = torch.empty,
+) -> dict[str, torch.Tensor]:
+    """Uninitialised tensors (made by ``empty``) for a batch of ``batch_size`` events with the keys
+    of a raw ``chunk``: ``x (B, C, 2)`` float32, ``valid``, ``time_valid`` ``(B, C)`` bool
+    (``normalize=False``: raw ``npho``, ``time`` ``(B, C)`` float32 instead), truth ``(B, ...)``."""
     c = chunk[NPHO].shape[1]
-    # in a DataLoader worker the batch is built in shared memory, where the loader sends it from:
-    # otherwise sending it copies every byte once more (as DataLoader's own collate does it)
-    empty = _empty_shared if get_worker_info() is not None else torch.empty
     if normalize:
         out = {
             "x": empty((batch_size, c, 2), dtype=torch.float32),
@@ -125,11 +127,20 @@ def _empty_batch(chunk: dict[str, np.ndarray], batch_size: int, normalize: bool 
     return out
 
 
-def _empty_shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor in shared memory."""
-    numel = math.prod(shape)
-    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+def _new_batch(
+    chunk: dict[str, np.ndarray], batch_size: int, normalize: bool, ring: SlotRing | None
+) -> tuple[dict[str, torch.Tensor], tuple[int, int] | None]:
+    """A batch's tensors and its slot tag (see :mod:`.shared_batches`). In a DataLoader worker the
+    batch is built in shared memory, where the loader sends it from (otherwise sending it copies
+    every byte once more, as DataLoader's own collate knows): in a reused slot under
+    :func:`make_loader`, else fresh."""
+
+    def make(empty: Callable[..., torch.Tensor]) -> dict[str, torch.Tensor]:
+        return _empty_batch(chunk, batch_size, normalize, empty)
+
+    if ring is not None:
+        return ring.next_batch(make)
+    return make(empty_shared if get_worker_info() is not None else torch.empty), None
 
 
 def normalize_batch(batch: dict[str, torch.Tensor], normalizer: Normalizer) -> dict[str, torch.Tensor]:
@@ -148,20 +159,22 @@ def _batches(
     batch_size: int,
     drop_last: bool = False,
     normalize: bool = True,
+    ring: SlotRing | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Raw chunks -> batches of ``batch_size`` consecutive events (across chunk boundaries), each
     slice of a chunk normalised straight into its rows of the batch (``normalize=False``: copied
     raw): no per-event items and no collation. The last batch holds the remainder (dropped with
-    ``drop_last``)."""
+    ``drop_last``). ``ring``: the worker's reused slots (:mod:`.shared_batches`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch: dict[str, torch.Tensor] | None = None
+    tag: tuple[int, int] | None = None
     filled = 0
     for chunk in chunks:
         n, pos = len(chunk[NPHO]), 0
         while pos < n:
             if batch is None:
-                batch, filled = _empty_batch(chunk, batch_size, normalize), 0
+                (batch, tag), filled = _new_batch(chunk, batch_size, normalize, ring), 0
             take = min(batch_size - filled, n - pos)
             src, dst = slice(pos, pos + take), slice(filled, filled + take)
             if normalize:
@@ -175,10 +188,15 @@ def _batches(
                     batch[k].numpy()[dst] = v[src]
             filled, pos = filled + take, pos + take
             if filled == batch_size:
-                yield batch
+                yield _tagged(batch, tag)
                 batch = None
     if batch is not None and not drop_last:
-        yield {k: v[:filled] for k, v in batch.items()}
+        yield _tagged({k: v[:filled] for k, v in batch.items()}, tag)
+
+
+def _tagged(batch: dict[str, torch.Tensor], tag: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+    """The batch to send, with its slot tag (a new dict: the slot's own is reused)."""
+    return batch if tag is None else {**batch, SLOT_KEY: tag}
 
 
 class RootStream(IterableDataset):
@@ -223,6 +241,7 @@ class RootStream(IterableDataset):
         self.path, self.read_kwargs = path, {"sensor_truth": sensor_truth, **read_kwargs}
         self.normalizer = normalizer or Normalizer()
         self.batch_size, self.drop_last, self.normalize = batch_size, drop_last, normalize
+        self.slot_ring: SlotRing | None = None  # set by SlottedLoader (make_loader) for each pass
 
     def batched(self, batch_size: int | None, drop_last: bool = False) -> RootStream:
         """A copy of this stream that yields batches of ``batch_size`` events (``None``: events)."""
@@ -234,7 +253,8 @@ class RootStream(IterableDataset):
         worker, n_workers = _worker_share()
         chunks = iter_root(self.path, shard=(worker, n_workers), **self.read_kwargs)
         if self.batch_size is not None:
-            yield from _batches(chunks, self.normalizer, self.batch_size, self.drop_last, self.normalize)
+            ring = self.slot_ring
+            yield from _batches(chunks, self.normalizer, self.batch_size, self.drop_last, self.normalize, ring)
             return
         if not self.normalize:
             raise ValueError("RootStream(normalize=False) yields batches only: give batch_size (or use make_loader)")
@@ -255,7 +275,7 @@ def make_loader(
     A :class:`RootStream` makes its batches itself (see there): the loader then passes them through
     (``batch_size=None``), and ``num_workers`` processes share the file's chunks."""
     if isinstance(dataset, RootStream):
-        return DataLoader(
+        return SlottedLoader(
             dataset.batched(batch_size, drop_last),
             batch_size=None,
             num_workers=num_workers,
