@@ -15,7 +15,7 @@ from xecbench.nn import (
     XECEncoder,
     encoder_config,
 )
-from xecbench.nn.blocks import GRN
+from xecbench.nn.blocks import GRN, depthwise_conv, site_sum_of_squares
 
 torch.manual_seed(0)
 
@@ -60,11 +60,12 @@ def sparse_block_reference(block: ConvNeXtV2Block, x: torch.Tensor, mask: torch.
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9, 1.0])
-def test_convnext_block_equals_sparse_reference(ratio):
+@pytest.mark.parametrize("hw", [(9, 11), (6, 2), (3, 6)])  # the small maps run a cropped kernel
+def test_convnext_block_equals_sparse_reference(ratio, hw):
     block = ConvNeXtV2Block(8)
     _randomise(block)
-    x = torch.randn(2, 8, 9, 11)
-    mask = torch.rand(2, 1, 9, 11) < ratio
+    x = torch.randn(2, 8, *hw)
+    mask = torch.rand(2, 1, *hw) < ratio
     x_hidden_junk = torch.where(mask, torch.randn_like(x) * 100, x)  # hidden values must not matter
     with torch.no_grad():
         got = block(x_hidden_junk, mask)
@@ -99,6 +100,43 @@ def test_grn_gradients_equal_finite_differences():
         visible = (torch.rand(*vis_shape) > 0.4).double()
         visible[0] = 1.0  # one sample fully visible, one partly
         assert torch.autograd.gradcheck(lambda t, g=grn, v=visible: g(t, v), (x,))
+
+
+def test_site_sum_of_squares_backward_equals_autograd_in_every_precision():
+    """The one-pass backward against autograd of the plain formula (float32 statistics for bf16 and
+    fp16 inputs, gradients back in the input's precision), with and without visible flags; the flags
+    get no gradient."""
+    torch.manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for visible in (None, (torch.rand(3, 4, 5, 1) > 0.5).float()):
+            x = torch.randn(3, 4, 5, 6).to(dtype).requires_grad_()
+            g = torch.randn(3, 1, 1, 6)
+            (site_sum_of_squares(x, visible) * g).sum().backward()
+            ref_x = x.detach().clone().requires_grad_()
+            flags = 1.0 if visible is None else visible
+            ((ref_x.float().square() * flags).sum(dim=(1, 2), keepdim=True) * g).sum().backward()
+            assert x.grad.dtype == dtype
+            assert torch.allclose(x.grad.float(), ref_x.grad.float(), rtol=1e-2 if dtype != torch.float32 else 1e-6)
+    flags = torch.ones(2, 3, 1, requires_grad=True)
+    site_sum_of_squares(torch.randn(2, 3, 4, requires_grad=True), flags).sum().backward()
+    assert flags.grad is None
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (6, 2), (3, 6), (2, 9), (12, 3), (8, 8)])
+def test_depthwise_conv_with_a_cropped_kernel_equals_the_full_one(hw):
+    """On maps smaller than the 7x7 kernel the cropped convolution gives the full one's output and
+    gradients (input, weight, bias): the dropped taps only ever meet zero padding."""
+    conv = torch.nn.Conv2d(5, 5, 7, padding=3, groups=5).double()
+    x = torch.randn(2, 5, *hw, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 5, *hw, dtype=torch.float64)
+    (depthwise_conv(conv, x) * g).sum().backward()
+    got = [x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()]
+    x.grad, conv.weight.grad, conv.bias.grad = None, None, None
+    ref = conv(x)
+    (ref * g).sum().backward()
+    assert torch.allclose(depthwise_conv(conv, x), ref, atol=1e-12)
+    for a, b in zip(got, [x.grad, conv.weight.grad, conv.bias.grad]):
+        assert torch.allclose(a, b, atol=1e-12)
 
 
 def test_drop_path_drops_whole_samples_and_keeps_the_mean():
