@@ -218,3 +218,44 @@ def test_cli_inpaint_and_its_errors(files, tmp_path, capsys):
         ["inpaint", str(d / "fixed.root"), "--checkpoint", str(tmp_path / "regress.pt"), "--out", str(tmp_path)],
         "holds a regress model",
     )
+
+
+@pytest.mark.parametrize("task", ["inpaint", "mae"])
+def test_traced_dense_part_gives_the_eager_model_s_bits(task):
+    """RawInpainter traces the model's dense part (the encoder; for an MAE the decoders too) at its
+    first CPU call. On other events and other batch sizes, from several threads, the values are the
+    eager model's bit for bit. Weights loaded in place afterwards reach the trace, and the trace is
+    no part of the state dict. Every weight random, so the tokens change the filled values."""
+    from xecbench.nn.deploy import RawInpainter
+    from xecbench.train import build_normalizer
+
+    cfg = load_config(None, [f"model.task={task}", "model.freeze_encoder=false"])
+    torch.manual_seed(2)
+    model = build_model(cfg.model).eval()
+
+    def randomise():
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, 0.1)
+
+    randomise()
+    normalizer = build_normalizer(cfg.data)
+    eager = RawInpainter(model, normalizer, trace=False)
+    traced = RawInpainter(model, normalizer)
+    ev = simulate(30, seed=11)
+    fill = fill_mask(ev["npho"], "both")
+    fill[::4, 300:700] = True  # more to fill in some events: other shapes in the refiner
+    with torch.inference_mode():  # the first call, the one traced: 5 events
+        sensors = torch.from_numpy(np.stack([ev["npho"][:5], ev["relative_time"][:5]], axis=-1))
+        traced(sensors, torch.from_numpy(fill[:5]))
+    assert len(traced._traces) == 1
+    first = next(iter(traced._traces.values()))
+    for _ in range(2):
+        want = inpaint_arrays(eager, ev["npho"], ev["relative_time"], fill, batch_size=9, threads=1)
+        got = inpaint_arrays(traced, ev["npho"], ev["relative_time"], fill, batch_size=9, threads=2)
+        assert not np.array_equal(want[0][fill], ev["npho"][fill])  # the model filled something
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)
+        randomise()  # new weights, in place: the same trace must follow them
+    assert list(traced._traces.values()) == [first]
+    assert traced.state_dict().keys() == eager.state_dict().keys()

@@ -39,8 +39,9 @@ def site_sum_of_squares(x: torch.Tensor, visible: torch.Tensor | None = None) ->
     ``visible``: ``(B, ..., 1)`` float flags, or None for all sites. At least float32, also for half
     precision ``x`` (the sum of squares overflows fp16). With autograd on it differentiates through
     :class:`_SiteSumOfSquares`, whose backward is one pass over ``x``; autograd's own backward of
-    ``square()`` takes about four (``pow``, two products and a copy), about 6 % of a ``base`` MAE
-    training step on the CPU."""
+    ``square()`` takes about four (``pow``, two products and a copy). With the cropped kernels of
+    :func:`depthwise_conv` a ``base`` MAE training step on the CPU ran 1.05x faster (old code against
+    new in one process)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _SiteSumOfSquares.apply(x, visible)
     return _site_sum_of_squares(x, visible)

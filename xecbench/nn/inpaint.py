@@ -97,7 +97,12 @@ class XECInpainter(nn.Module):
         """Predictions ``(B, 4760, 2)`` at every sensor from the visible ones (no loss, no gather).
         ``at (B, 4760)`` bool: only there (the other sensors are not predicted: 0), much faster (see
         :meth:`.refine.Refiner.forward_at`)."""
-        return self.refiner(x, masks, self.encoder(x, masks)["tokens"], at=at)
+        return self.refiner(x, masks, *self.refiner_inputs(x, masks), at=at)
+
+    def refiner_inputs(self, x: torch.Tensor, masks: SensorMask) -> tuple[torch.Tensor, None]:
+        """What the refiner takes besides the sensors: the encoder's fused tokens ``(B, 6, D)`` (and no
+        extra features). Shapes independent of the data (see :class:`.deploy.RawInpainter`)."""
+        return self.encoder(x, masks)["tokens"], None
 
     def forward(self, x: torch.Tensor, masks: SensorMask, capacity: int) -> InpaintOutput:
         """x ``(B, 4760, 2)`` normalised. The heads fill every sensor the encoder may not see

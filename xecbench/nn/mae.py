@@ -124,12 +124,21 @@ class XECMAE(nn.Module):
     def decode(self, x: torch.Tensor, masks: SensorMask, enc: dict, at: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output -> predictions ``(B, 4760, 2)`` at every sensor: the coarse decoders' features
         per face, refined at full resolution from the visible sensors of ``x``."""
+        return self.refiner(x, masks, *self.refiner_inputs(x, masks, enc), at)
+
+    def refiner_inputs(
+        self, x: torch.Tensor, masks: SensorMask, enc: dict | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """What the refiner takes besides the sensors: the fused tokens ``(B, 6, D)`` and the coarse
+        decoders' features per face (``enc``: the encoder's output, if already computed). Shapes
+        independent of the data, so a trace of it holds (:class:`.deploy.RawInpainter`)."""
+        enc = self.encoder(x, masks) if enc is None else enc
         tokens = enc["tokens"]
         coarse = {
             face: self.decoders[face](enc["features"][face], enc["masks"][face], tokens[:, k])
             for k, face in enumerate(geo.FACES)
         }
-        return self.refiner(x, masks, tokens, coarse, at)
+        return tokens, coarse
 
     def forward(self, x: torch.Tensor, masks: SensorMask) -> MAEOutput:
         """x ``(B, 4760, 2)`` normalised; ``masks`` says what is hidden (:meth:`draw_masks`)."""
