@@ -58,6 +58,7 @@ def run_child(argv: list[str]) -> tuple[float, float]:
     return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+ENCODER = "encoder (a TorchScript trace, RawInpainter.refiner_inputs)"
 REFINER = "refiner (estimates, heads at the sensors to fill)"
 
 
@@ -76,7 +77,7 @@ def profile_parts(src: Path, checkpoint: Path, step_size: int, batch: int = 64, 
             "read (uproot)",
             "fill mask",
             "normalise",
-            "encoder",
+            ENCODER,
             REFINER,
             "back to raw units",
             "write (ZLIB through ISA-L, or the file's codec)",
@@ -93,6 +94,10 @@ def profile_parts(src: Path, checkpoint: Path, step_size: int, batch: int = 64, 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     tree = uproot.open(src)["tree"]
+    first = tree.arrays(["npho", "relative_time"], entry_stop=batch, library="np")
+    with torch.inference_mode():  # the trace is made at the first call: outside the timing
+        x, valid, tv = norm.normalize(first["npho"], first["relative_time"])
+        inpainter.refiner_inputs(x, SensorMask(valid, tv, torch.from_numpy(fill_mask(first["npho"], "both"))))
     compression = fast_compression(tree.file.compression)
     chunks = tree.iterate(KEEP, step_size=step_size, entry_stop=events, library="np")
     with tempfile.TemporaryDirectory() as tmp, uproot.recreate(Path(tmp) / "out.root", compression=compression) as f:
@@ -106,7 +111,7 @@ def profile_parts(src: Path, checkpoint: Path, step_size: int, batch: int = 64, 
                     sl = slice(start, start + batch)
                     x, valid, tv = timed("normalise", norm.normalize, npho[sl], time_[sl])
                     masks = SensorMask(valid, tv, fill[sl])
-                    tokens = timed("encoder", model.encoder, x, masks)["tokens"]
+                    tokens, _ = timed(ENCODER, inpainter.refiner_inputs, x, masks)  # as inpaint runs it
                     pred = timed(REFINER, model.refiner, x, masks, tokens, None, fill[sl])
                     raw = timed("back to raw units", _to_raw, norm, pred, fill[sl], npho[sl])
                     filled[sl] = raw.numpy()

@@ -11,8 +11,10 @@ system's code, both MAEs side by side at the same token width.
 ``--anchor DIR``: a checkout of the seed system (weiyuanli-icepp/xec-ml-wl; its ``lib`` package needs
 numpy and scipy). Its MAE is built at token width 1024 (``XECEncoder(encoder_dim=1024)``, 45.0 M
 parameters) and timed in alternation with ours (``base``: token width 1024), batch 32, AdamW, the
-median of the repeats and their ratio. Its loss is replaced by the mean square of its reconstructions
-(computing a loss is a small part of a step); its masking is its own (60 % of the valid sensors).
+median of the repeats and their ratio, and each one's FLOPs per step and rate against one large
+matrix product's (how much faster ours could still get at its architecture's FLOPs). Its loss is
+replaced by the mean square of its reconstructions (computing a loss is a small part of a step); its
+masking is its own (60 % of the valid sensors).
 The code is imported from DIR at run time, never copied here.
 
 Targets on the 2-core CPU: MAE step at batch 32 faster than 150 events/s for tiny and faster than
@@ -33,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import best_time, write_json  # noqa: E402
 from torch.profiler import profile, record_function  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from xecbench.memory import keep_freed_memory  # noqa: E402
 from xecbench.nn import (  # noqa: E402
@@ -158,6 +161,22 @@ def profile_step(step, top: int = 15) -> dict:
     return {"total_ms": round(total, 1), "parts_ms": parts, "top_ops": table}
 
 
+def step_flops(step) -> float:
+    """Floating-point operations in one call of ``step``: torch's ``FlopCounterMode`` counts the matrix
+    products and convolutions of the forward and the backward pass (elementwise work is not counted)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def matmul_ceiling(device: str, n: int = 2048) -> float:
+    """GFLOP/s of a large fp32 matrix product on this machine's threads: about as fast as the library
+    computes at all, so what a step's own rate (its FLOPs over its time) is measured against."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / best_time(lambda: torch.mm(a, b), repeats=5, warmup=2) / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=32, help="events per training step (default 32)")
@@ -222,6 +241,24 @@ def main() -> None:
             "pass": ratio >= 2.0,
         }
         print(f"{'PASS' if ratio >= 2 else 'FAIL'}  xecbench base / seed MAE at token width 1024: {ratio:.2f}x")
+        # how close each runs to the machine: its FLOPs per step over its median step time, against the
+        # rate of one large matrix product; ours at the ceiling would be ceiling / rate times faster
+        ceiling = matmul_ceiling(device)
+        flops = {"seed": step_flops(seed), "xecbench": step_flops(ours)}
+        rates = {k: flops[k] / med[k] / 1e9 for k in flops}
+        result["side_by_side"]["flops"] = {
+            "what": "matrix products and convolutions per step, forward + backward (FlopCounterMode)",
+            "gflop_per_step": {k: round(v / 1e9, 1) for k, v in flops.items()},
+            "gflop_per_s": {k: round(v, 1) for k, v in rates.items()},
+            "matmul_ceiling_gflop_per_s": round(ceiling, 1),
+            "share_of_ceiling": {k: round(v / ceiling, 3) for k, v in rates.items()},
+            "ratio_bound_at_ceiling": round(ceiling / rates["xecbench"] * ratio, 2),
+        }
+        for k in flops:
+            print(
+                f"  {k}: {flops[k] / 1e9:.0f} GFLOP per step at {rates[k]:.0f} GFLOP/s, "
+                f"{rates[k] / ceiling:.0%} of one large matrix product's {ceiling:.0f} GFLOP/s"
+            )
         if "xecbench compiled" in times:
             compiled = med["seed"] / med["xecbench compiled"]
             result["side_by_side"] |= {
