@@ -15,7 +15,7 @@ from xecbench.nn import (
     XECEncoder,
     encoder_config,
 )
-from xecbench.nn.blocks import GRN, depthwise_conv, site_sum_of_squares
+from xecbench.nn.blocks import GRN, depthwise_conv, grn
 
 torch.manual_seed(0)
 
@@ -102,24 +102,40 @@ def test_grn_gradients_equal_finite_differences():
         assert torch.autograd.gradcheck(lambda t, g=grn, v=visible: g(t, v), (x,))
 
 
-def test_site_sum_of_squares_backward_equals_autograd_in_every_precision():
-    """The one-pass backward against autograd of the plain formula (float32 statistics for bf16 and
-    fp16 inputs, gradients back in the input's precision), with and without visible flags; the flags
-    get no gradient."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("flags", [False, True])
+def test_grn_backward_equals_autograd_of_the_plain_formula(dtype, flags):
+    """GRN's written-out backward against autograd through :func:`grn`'s plain operators: the
+    gradients of x, gamma and beta, with and without visible flags, with a fully hidden sample and a
+    channel below the clamp (the clamp's zero gradient), in float32 and in half precision (float32
+    statistics there). The flags get no gradient."""
     torch.manual_seed(1)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for visible in (None, (torch.rand(3, 4, 5, 1) > 0.5).float()):
-            x = torch.randn(3, 4, 5, 6).to(dtype).requires_grad_()
-            g = torch.randn(3, 1, 1, 6)
-            (site_sum_of_squares(x, visible) * g).sum().backward()
-            ref_x = x.detach().clone().requires_grad_()
-            flags = 1.0 if visible is None else visible
-            ((ref_x.float().square() * flags).sum(dim=(1, 2), keepdim=True) * g).sum().backward()
-            assert x.grad.dtype == dtype
-            assert torch.allclose(x.grad.float(), ref_x.grad.float(), rtol=1e-2 if dtype != torch.float32 else 1e-6)
-    flags = torch.ones(2, 3, 1, requires_grad=True)
-    site_sum_of_squares(torch.randn(2, 3, 4, requires_grad=True), flags).sum().backward()
-    assert flags.grad is None
+    module = GRN(6)
+    _randomise(module)
+    x = torch.randn(3, 4, 5, 6)
+    x[0, ..., 1] = 1e-14  # a channel whose sum of squares is below the clamp: no gradient through it
+    x = x.to(dtype)
+    visible = (torch.rand(3, 4, 5, 1) > 0.5).float().requires_grad_() if flags else None
+    if flags:
+        with torch.no_grad():
+            visible[2] = 0.0  # nothing visible: statistics 0, GRN the identity plus beta
+    mine = x.clone().requires_grad_()
+    y = module(mine, visible)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    got = (mine.grad, module.gamma.grad.clone(), module.beta.grad.clone())
+    module.zero_grad()
+    ref_x = x.clone().requires_grad_()
+    y_ref = grn(ref_x, None if visible is None else visible.detach(), module.gamma, module.beta, module.eps)
+    assert torch.equal(y, y_ref)  # the same operators forward
+    (y_ref * g).sum().backward()
+    want = (ref_x.grad, module.gamma.grad, module.beta.grad)
+    assert got[0].dtype == dtype and torch.isfinite(got[0]).all()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for a, b in zip(got, want):
+        assert torch.allclose(a.float(), b.float(), rtol=tol, atol=tol * b.float().abs().max().item())
+    if flags:
+        assert visible.grad is None
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (6, 2), (3, 6), (2, 9), (12, 3), (8, 8)])
@@ -159,6 +175,78 @@ def test_drop_path_drops_whole_samples_and_keeps_the_mean():
     yb = dp.train()(xb)
     kept = (yb != 0).flatten(1).all(1)
     assert kept.any() and torch.equal(yb[kept], xb[kept] / 0.75)
+
+
+def test_add_residual_equals_mask_after_drop_path():
+    """The one-pass residual equals ``(x + drop_path(y)) * visible`` with the same random draws, in
+    float32 (one addcmul) and bf16 (the plain composition), for grid flags ``(B, 1, H, W)`` and node
+    flags ``(B, N, 1)``; it keeps channels-last."""
+    from xecbench.nn import DropPath
+    from xecbench.nn.blocks import add_residual
+
+    for shape, flag_shape in (((6, 4, 5, 3), (6, 1, 5, 3)), ((6, 7, 4), (6, 7, 1))):
+        visible = (torch.rand(flag_shape) > 0.5).float()
+        for dtype in (torch.float32, torch.bfloat16):
+            x = (torch.randn(shape) * visible).to(dtype)  # zero at hidden sites, as the blocks hand it over
+            y = torch.randn(shape).to(dtype)
+            if len(shape) == 4:
+                x, y = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
+            for dp in (DropPath(0.0), DropPath(0.5).train(), DropPath(0.5).eval()):
+                torch.manual_seed(3)
+                got = add_residual(x, y, dp, visible.to(dtype))
+                torch.manual_seed(3)
+                want = (x + dp(y)) * visible.to(dtype)
+                assert torch.allclose(got.float(), want.float(), rtol=1e-6 if dtype == torch.float32 else 1e-2)
+                assert torch.equal(got == 0, want == 0)  # the same samples dropped, the same sites zero
+                if len(shape) == 4:
+                    assert got.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(add_residual(x, y, DropPath(0.0), None), x + y)
+
+
+def test_visible_first_packs_each_events_visible_sites_in_order():
+    from xecbench.nn.blocks import visible_first
+
+    flags = (torch.rand(5, 6, 7, 1) > 0.6).float()  # about 40 % visible, different counts per event
+    flags[3] = 0.0  # an event with nothing visible
+    order = visible_first(flags)
+    per_event = flags.reshape(5, -1)
+    k = int(per_event.sum(1).max())
+    assert order.shape == (5, k)
+    for b in range(5):
+        visible_sites = per_event[b].nonzero().flatten()
+        n = len(visible_sites)
+        assert torch.equal(order[b, :n], visible_sites)  # the visible ones first, in site order
+        assert (per_event[b, order[b, n:]] == 0).all()  # then hidden ones to fill
+        assert len(set(order[b].tolist())) == k  # no site twice
+    assert visible_first(torch.ones(2, 10, 1)) is None  # all visible: packing would not pay
+    assert visible_first((torch.rand(2, 100, 1) > 0.1).float()) is None  # 90 % visible: neither
+
+
+@pytest.mark.parametrize("hex_nodes", [False, True])
+def test_packed_blocks_equal_dense_blocks_in_values_and_gradients(monkeypatch, hex_nodes):
+    """At 60 % hidden the blocks run their pointwise layers on the packed visible sites: the outputs
+    and every gradient (input, kernel, linear layers, GRN) equal the dense computation's (float64)."""
+    from xecbench.nn import blocks
+
+    torch.manual_seed(5)
+    block = (HexNeXtBlock(8, "conv") if hex_nodes else ConvNeXtV2Block(8)).double()
+    _randomise(block)
+    shape = (4, geo.HEX_N, 8) if hex_nodes else (4, 8, 9, 7)
+    x = torch.randn(shape, dtype=torch.float64)
+    mask = torch.rand(shape[0], geo.HEX_N) < 0.6 if hex_nodes else torch.rand(4, 1, 9, 7) < 0.6
+    g = torch.randn(shape, dtype=torch.float64)
+    flags = (~mask).double().reshape(4, -1, 1)
+    results = []
+    for limit in (blocks.PACK_MAX_VISIBLE, -1.0):  # packed, then dense
+        monkeypatch.setattr(blocks, "PACK_MAX_VISIBLE", limit)
+        assert (blocks.visible_first(flags) is not None) == (limit > 0)
+        block.zero_grad()
+        xi = x.clone().requires_grad_()
+        out = block(xi, mask)
+        (out * g).sum().backward()
+        results.append([out, xi.grad] + [p.grad.clone() for p in block.parameters()])
+    for packed, dense in zip(*results):
+        assert torch.allclose(packed, dense, rtol=1e-10, atol=1e-12)
 
 
 def test_downsample_carries_the_mask():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import geometry as geo
-from .blocks import ChannelMLP, DropPath
+from .blocks import ChannelMLP, DropPath, add_residual
 
 
 def _neighbour_table() -> torch.Tensor:
@@ -100,6 +100,5 @@ class HexNeXtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         keep = None if mask is None else (~mask)[..., None].to(x.dtype)  # (B, N, 1)
-        xin = x if keep is None else x * keep
-        out = x + self.drop_path(self.mlp(self.spatial(xin, mask), keep))
-        return out if keep is None else out * keep
+        x = x if keep is None else x * keep
+        return add_residual(x, self.mlp(self.spatial(x, mask), keep), self.drop_path, keep)
