@@ -219,6 +219,7 @@ def test_visible_first_packs_each_events_visible_sites_in_order():
         assert (per_event[b, order[b, n:]] == 0).all()  # then hidden ones to fill
         assert len(set(order[b].tolist())) == k  # no site twice
     assert visible_first(torch.ones(2, 10, 1)) is None  # all visible: packing would not pay
+    assert visible_first(torch.zeros(0, 10, 1)) is None  # no events: nothing to pack
     assert visible_first((torch.rand(2, 100, 1) > 0.1).float()) is None  # 90 % visible: neither
 
 

@@ -184,8 +184,10 @@ def visible_first(visible: torch.Tensor) -> torch.Tensor | None:
     if torch.compiler.is_compiling():
         return None
     B = visible.shape[0]
+    if B == 0:
+        return None
     flags = visible.reshape(B, -1)  # (B, S)
-    k = int(flags.sum(1).max()) if B else 0
+    k = int(flags.sum(1).max())
     if k > PACK_MAX_VISIBLE * flags.shape[1]:
         return None
     return torch.sort(flags, dim=1, descending=True, stable=True).indices[:, :k]
