@@ -177,6 +177,20 @@ def test_drop_path_drops_whole_samples_and_keeps_the_mean():
     assert kept.any() and torch.equal(yb[kept], xb[kept] / 0.75)
 
 
+def test_grn_parameters_learn_behind_a_frozen_input():
+    """With an input that needs no gradient (a frozen layer below) GRN's backward skips the input's
+    gradient and still gives gamma and beta theirs, as autograd of the plain formula does."""
+    module = GRN(5)
+    _randomise(module)
+    x, visible = torch.randn(2, 7, 5), (torch.rand(2, 7, 1) > 0.3).float()
+    (module(x, visible) ** 2).sum().backward()
+    got = (module.gamma.grad.clone(), module.beta.grad.clone())
+    module.zero_grad()
+    (grn(x, visible, module.gamma, module.beta, module.eps) ** 2).sum().backward()
+    assert torch.allclose(got[0], module.gamma.grad, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(got[1], module.beta.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_add_residual_equals_mask_after_drop_path():
     """The one-pass residual equals ``(x + drop_path(y)) * visible`` with the same random draws, in
     float32 (one addcmul) and bf16 (the plain composition), for grid flags ``(B, 1, H, W)`` and node
