@@ -141,7 +141,10 @@ def alternate(steps: dict[str, object], repeats: int, sync, warmup: int = 3) -> 
 def pair_ratio_interval(slow: list[float], fast: list[float]) -> tuple[float, float]:
     """The 95 % interval of the speed ratio ``slow / fast`` from alternated timings, paired by position:
     a t-interval on the mean of the pairs' log ratios (each pair saw the same state of the machine,
-    so the pairs' spread is the noise the ratio has), turned back into ratios."""
+    so the pairs' spread is the noise the ratio has), turned back into ratios: an interval for the
+    geometric mean of the pairs' ratios (the headline ratio of medians is close to it, not the same)."""
+    if len(slow) != len(fast):
+        raise ValueError(f"pair_ratio_interval: {len(slow)} and {len(fast)} timings do not pair up")
     logs = [math.log(a / b) for a, b in zip(slow, fast)]
     if len(logs) < 2:
         raise ValueError(f"pair_ratio_interval: needs at least 2 pairs, got {len(logs)}")

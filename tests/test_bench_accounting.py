@@ -64,3 +64,5 @@ def test_pair_ratio_interval_against_a_hand_computed_case():
     assert bench.pair_ratio_interval([3.0, 6.0], [1.0, 2.0]) == pytest.approx((3.0, 3.0))
     with pytest.raises(ValueError, match="at least 2 pairs"):
         bench.pair_ratio_interval([1.0], [1.0])
+    with pytest.raises(ValueError, match="do not pair up"):
+        bench.pair_ratio_interval([1.0, 2.0, 3.0], [1.0, 2.0])

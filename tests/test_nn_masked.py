@@ -124,6 +124,9 @@ def test_grn_backward_equals_autograd_of_the_plain_formula(dtype, flags):
     g = torch.randn_like(y)
     (y * g).sum().backward()
     got = (mine.grad, module.gamma.grad.clone(), module.beta.grad.clone())
+    with pytest.raises(RuntimeError):  # no second derivatives (once_differentiable): an error, not a wrong value
+        gx = torch.autograd.grad((module(mine, visible) * g).sum(), mine, create_graph=True)[0]
+        gx.sum().backward()
     module.zero_grad()
     ref_x = x.clone().requires_grad_()
     y_ref = grn(ref_x, None if visible is None else visible.detach(), module.gamma, module.beta, module.eps)
@@ -234,6 +237,15 @@ def test_visible_first_packs_each_events_visible_sites_in_order():
         assert len(set(order[b].tolist())) == k  # no site twice
     assert visible_first(torch.ones(2, 10, 1)) is None  # all visible: packing would not pay
     assert visible_first(torch.zeros(0, 10, 1)) is None  # no events: nothing to pack
+    with torch.no_grad():  # inference keeps the dense operators (the trace's and the exports' bits)
+        assert visible_first(flags) is None
+    # bf16 flags (under autocast) with more visible sites than bf16 counts exactly (256): none is lost
+    many = torch.zeros(2, 1100, 1, dtype=torch.bfloat16)
+    many[0, torch.randperm(1100)[:401]] = 1.0
+    many[1, :300] = 1.0
+    order = visible_first(many)
+    assert order.shape == (2, 401)
+    assert torch.equal(order[0], many[0, :, 0].nonzero().flatten())
     assert visible_first((torch.rand(2, 100, 1) > 0.1).float()) is None  # 90 % visible: neither
 
 

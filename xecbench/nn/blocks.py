@@ -87,6 +87,7 @@ class _GRN(torch.autograd.Function):
         return torch.addcmul(beta, x, scale)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no second derivatives: an error, not a wrong value
     def backward(ctx, g):
         x, visible, gamma, ss, gx, m, nx, scale = ctx.saved_tensors
         C = x.shape[-1]
@@ -179,18 +180,23 @@ PACK_MAX_VISIBLE = 0.75
 def visible_first(visible: torch.Tensor) -> torch.Tensor | None:
     """Each event's visible sites first: flags ``(B, ..., 1)`` -> site indices ``(B, K)`` (sites
     flattened), K the largest number of visible sites of any event, each event's visible sites in order
-    and then hidden ones to fill K. None where packing does not pay: more than :data:`PACK_MAX_VISIBLE`
-    of the sites visible, or not on a CPU (K is read from the data: on a GPU that would wait for it), or
-    while tracing, scripting or compiling (which need shapes that do not depend on the data)."""
-    if visible.device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting():
+    and then hidden ones to fill K. None where packing does not pay (more than :data:`PACK_MAX_VISIBLE`
+    of the sites visible) and where it is not used:
+
+    - outside training (autograd off): inference keeps the dense operators, so the eager model, its
+      trace (:class:`.deploy.RawInpainter`) and its exports give the same bits (packing changes the
+      rounding of GRN's sums in the last bits);
+    - not on a CPU (K is read from the data: on a GPU that would wait for it);
+    - while tracing, scripting or compiling (they need shapes that do not depend on the data)."""
+    if not torch.is_grad_enabled() or visible.device.type != "cpu":
         return None
-    if torch.compiler.is_compiling():
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return None
     B = visible.shape[0]
     if B == 0:
         return None
     flags = visible.reshape(B, -1)  # (B, S)
-    k = int(flags.sum(1).max())
+    k = int((flags != 0).sum(1).max())  # counted as integers: bf16 flags would round a sum above 256
     if k > PACK_MAX_VISIBLE * flags.shape[1]:
         return None
     return torch.sort(flags, dim=1, descending=True, stable=True).indices[:, :k]
@@ -201,10 +207,10 @@ class ChannelMLP(nn.Module):
 
     Channels-last ``(B, ..., C)``; ``visible`` ``(B, ..., 1)`` restricts GRN's statistics. With it the
     output at hidden sites is not defined (the blocks zero it). Everything but GRN's statistics is per
-    site and those see visible sites only, so where most sites are hidden (the stage-0 maps of the
-    small faces and the hex faces at 60 % hidden) the layers run on each event's visible sites packed
-    together (:func:`visible_first`) instead of on every site: the same values at the visible sites,
-    a fraction of the work.
+    site and those see visible sites only, so in training on a CPU, where most sites are hidden (the
+    stage-0 maps of the small faces and the hex faces at 60 % hidden), the layers run on each event's
+    visible sites packed together (:func:`visible_first`) instead of on every site: the same values at
+    the visible sites up to rounding, a fraction of the work.
     """
 
     def __init__(self, dim: int):
