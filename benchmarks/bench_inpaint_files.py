@@ -34,6 +34,7 @@ from common import write_json  # noqa: E402
 from xecbench.data import simulate, write_root  # noqa: E402
 from xecbench.data.io import fast_compression  # noqa: E402
 from xecbench.inpaint_files import fill_mask, load_inpainter  # noqa: E402
+from xecbench.memory import keep_freed_memory  # noqa: E402
 from xecbench.nn import SensorMask  # noqa: E402
 from xecbench.train import build_model, load_config  # noqa: E402
 
@@ -62,11 +63,6 @@ ENCODER = "encoder (a TorchScript trace, RawInpainter.refiner_inputs)"
 REFINER = "refiner (estimates, heads at the sensors to fill)"
 
 
-def _to_raw(norm, pred: torch.Tensor, fill: torch.Tensor, npho: np.ndarray) -> torch.Tensor:
-    """The model's npho in raw units where ``fill``, the file's elsewhere (what RawInpainter returns)."""
-    return torch.where(fill, norm.inverse(pred)[0], torch.from_numpy(npho))
-
-
 def profile_parts(src: Path, checkpoint: Path, step_size: int, batch: int = 64, events: int = 4000) -> dict:
     """Where one core's time goes per event: the steps of ``xecbench inpaint`` run one after another on
     the first ``events`` events of ``src``, torch on one thread (as each of inpaint's batch threads)."""
@@ -91,6 +87,7 @@ def profile_parts(src: Path, checkpoint: Path, step_size: int, batch: int = 64, 
         parts[name] += time.perf_counter() - t0
         return out
 
+    keep_freed_memory()  # as xecbench inpaint does (xecbench/memory.py): no page faults in the figures
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     tree = uproot.open(src)["tree"]
@@ -109,12 +106,13 @@ def profile_parts(src: Path, checkpoint: Path, step_size: int, batch: int = 64, 
             with torch.inference_mode():
                 for start in range(0, len(npho), batch):
                     sl = slice(start, start + batch)
-                    x, valid, tv = timed("normalise", norm.normalize, npho[sl], time_[sl])
+                    sensors = torch.from_numpy(np.stack([npho[sl], time_[sl]], axis=-1))  # as inpaint_arrays
+                    x, valid, tv = timed("normalise", norm.normalize, sensors[..., 0], sensors[..., 1])
                     masks = SensorMask(valid, tv, fill[sl])
                     tokens, _ = timed(ENCODER, inpainter.refiner_inputs, x, masks)  # as inpaint runs it
                     pred = timed(REFINER, model.refiner, x, masks, tokens, None, fill[sl])
-                    raw = timed("back to raw units", _to_raw, norm, pred, fill[sl], npho[sl])
-                    filled[sl] = raw.numpy()
+                    raw = timed("back to raw units", inpainter.raw_filled, sensors, fill[sl], pred, True)
+                    filled[sl] = raw[..., 0].numpy()
             arrays = {**chunk, "npho": filled, "inpainted": fill.numpy()}
             if out_tree is None:
                 out_tree = f.mktree("tree", {k: (v.dtype, v.shape[1:]) for k, v in arrays.items()})

@@ -61,6 +61,27 @@ def test_raw_inpainter_fills_only_the_asked_sensors(ckpts):
         module(sensors[..., :1], fill)
 
 
+@pytest.mark.parametrize("fill_time", [True, False])
+def test_raw_inpainter_writes_back_what_the_dense_path_writes(ckpts, fill_time):
+    """On a CPU the sparse path converts back to raw units at the filled sensors only; the dense path
+    (what an export runs) converts every sensor and picks with the fill mask. Same values where filled,
+    the input elsewhere, and the input time where the model does not fill times."""
+    module, _ = deployable(ckpts["inpaint"])
+    sparse = RawInpainter(module.model, module.normalizer, fill_time=fill_time)
+    dense = RawInpainter(module.model, module.normalizer, fill_time=fill_time, sparse=False, trace=False)
+    sensors, fill = _inputs()
+    sensors[1, 5] = float("nan")  # an invalid sensor to fill
+    fill[1, 5] = 1.0
+    with torch.no_grad():
+        got, want = sparse(sensors, fill), dense(sensors, fill)
+    filled = fill > 0
+    assert torch.equal(got[~filled], sensors[~filled])
+    torch.testing.assert_close(got[filled], want[filled], rtol=1e-5, atol=1e-4, equal_nan=True)
+    assert torch.isfinite(got[filled][:, 0]).all()
+    if not fill_time:
+        assert torch.equal(got[filled][:, 1].nan_to_num(-1.0), sensors[filled][:, 1].nan_to_num(-1.0))
+
+
 def test_torchscript_inpainter_matches_eager(ckpts, tmp_path):
     path, info = export_model(ckpts["inpaint"], tmp_path / "inpainter.pt", "torchscript")
     eager, _ = deployable(ckpts["inpaint"])

@@ -69,6 +69,18 @@ def test_time_round_trip_and_formula():
     assert torch.allclose(n.time_inverse(n.time(t)), t, rtol=1e-12)
 
 
+def test_invalid_markers_of_numpy_arrays_equal_those_of_tensors():
+    """raw_invalid reads numpy arrays with numpy's operators: the same flags as the tensor path, for
+    ROOT's big-endian arrays, float64, a 0-d array, the threshold's neighbours, NaN and both infinities."""
+    values = [0.0, -1e12, 9e9, np.nextafter(9e9, np.inf), 1e10, np.nan, np.inf, -np.inf, 5.0]
+    for dtype in (np.float32, ">f4", np.float64, ">f8"):
+        a = np.array([values, values[::-1]], dtype=dtype)
+        got = raw_invalid(a)
+        assert got.dtype == torch.bool and got.shape == a.shape
+        assert torch.equal(got, raw_invalid(torch.tensor(a.astype(np.float64))))
+    assert raw_invalid(np.array(np.nan)).item() and not raw_invalid(np.array(3.0, dtype=np.float32)).item()
+
+
 def test_invalid_markers_and_sentinels():
     npho = np.array([[10.0, 500.0, 1e10, np.nan, 200.0, np.inf]], dtype=np.float32)
     time = np.array([[1e10, 4.0, 1e10, 3.0, np.nan, 2.0]], dtype=np.float32)

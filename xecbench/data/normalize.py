@@ -55,6 +55,8 @@ def _odd(f, v: torch.Tensor) -> torch.Tensor:
 
 def raw_invalid(a: Array) -> torch.Tensor:
     """Raw invalid markers -> boolean mask (True = invalid): > 9e9, NaN or +-inf."""
+    if isinstance(a, np.ndarray):  # numpy's own operators: several times faster than torch's on arrays
+        return torch.from_numpy(np.asarray(~np.isfinite(a) | (a > INVALID_THRESHOLD)))
     a = torch.as_tensor(a)
     return ~torch.isfinite(a) | (a > INVALID_THRESHOLD)
 
@@ -113,13 +115,17 @@ class Normalizer:
         time = torch.as_tensor(time)
         if npho.shape != time.shape:
             raise ValueError(f"npho and time must have the same shape, got {npho.shape} and {time.shape}")
+        xn, xt, valid, time_valid = self._channels(npho, time)
+        return torch.stack([xn, xt], dim=-1).float(), valid, time_valid
+
+    def _channels(self, npho: torch.Tensor, time: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Normalised npho and time (float64, ``sentinel`` where invalid), ``valid`` and ``time_valid``."""
         valid = ~raw_invalid(npho)
         time_valid = valid & ~raw_invalid(time)
         # invalid entries become 0 before transforming, so they produce no NaN warnings or overflow
         xn = self.npho(torch.where(valid, npho, 0).double())
         xt = self.time(torch.where(time_valid, time, 0).double())
-        x = torch.stack([xn.masked_fill(~valid, self.sentinel), xt.masked_fill(~time_valid, self.sentinel)], dim=-1)
-        return x.float(), valid, time_valid
+        return xn.masked_fill(~valid, self.sentinel), xt.masked_fill(~time_valid, self.sentinel), valid, time_valid
 
     def normalize(self, npho: Array, time: Array) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`__call__` for loading data on the CPU: the same ``x (..., C, 2)``, ``valid`` and
@@ -158,7 +164,10 @@ class Normalizer:
         with torch.no_grad():
             for start in range(0, n, BLOCK_ROWS):
                 block = slice(start, start + BLOCK_ROWS)
-                x[block], valid[block], time_valid[block] = self(npho[block], time[block])
+                xn, xt, valid[block], time_valid[block] = self._channels(npho[block], time[block])
+                # each channel straight into its column, rounded to float32 on the way as by .float():
+                # 3x faster than stacking (float64), converting and copying
+                x[block, :, 0], x[block, :, 1] = xn, xt
 
     def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(..., 4760, 2)`` normalised -> raw npho and time ``(..., 4760)`` (sentinels are not

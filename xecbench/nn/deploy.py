@@ -77,6 +77,22 @@ class RawInpainter(nn.Module):
             pred = self.model.refiner(x, masks, tokens, extra, at)  # (B, 4760, 2) normalised
         else:
             pred = self.model.predict(x, masks, at)
+        return self.raw_filled(sensors, fill, pred, at_fill_only=eager_cpu and self.sparse)
+
+    def raw_filled(
+        self, sensors: torch.Tensor, fill: torch.Tensor, pred: torch.Tensor, at_fill_only: bool = False
+    ) -> torch.Tensor:
+        """The output: ``sensors (B, 4760, 2)`` raw with the predictions ``pred (B, 4760, 2)`` (normalised)
+        in raw units where ``fill (B, 4760)`` bool. ``at_fill_only``: convert the filled sensors only (the
+        same values; data-dependent shapes, so eager only)."""
+        if at_fill_only:
+            b, n = fill.nonzero(as_tuple=True)
+            npho, time = self.normalizer.inverse(pred[b, n].float())  # (Q,) each
+            out = sensors.clone()
+            out[b, n, 0] = npho.to(sensors.dtype)
+            if self.fill_time:
+                out[b, n, 1] = time.to(sensors.dtype)
+            return out
         npho, time = self.normalizer.inverse(pred.float())
         filled = torch.stack([npho, time if self.fill_time else sensors[..., 1].float()], dim=-1)
         return torch.where(fill[..., None], filled.to(sensors.dtype), sensors)

@@ -42,17 +42,15 @@ def classical_estimates(
     raw photon counts, exactly as the baselines of :mod:`xecbench.baselines`), the neighbour average
     of the time over time-valid neighbours, and 1 where a visible neighbour exists (else all 0).
 
-    ``sensors (S,)`` (optional): computed at those channel ids only, the same values there, and zero
-    at the other sensors."""
+    ``sensors (S,)`` (optional): ``(B, S, 4)``, the same values at those channel ids only, computed
+    from their neighbourhoods (the shower position, which needs the brightest sensors, from all)."""
     visible = masks.visible
     raw = normalizer.npho_inverse(torch.where(visible, x[..., 0], 0.0).float())
     nb, sa, has = npho_estimates(raw, visible, sensors=sensors)
     t_nb, t_has = neighbour_average(x[..., 1], visible & masks.time_valid, sensors=sensors)
     h = has.to(x.dtype)
     est = torch.stack([normalizer.npho(nb) * h, normalizer.npho(sa) * h, t_nb * t_has.to(x.dtype), h], dim=-1)
-    if sensors is None:
-        return est.to(x.dtype)
-    return x.new_zeros(x.shape[0], x.shape[1], 4).index_copy_(1, sensors, est.to(x.dtype))
+    return est.to(x.dtype)
 
 
 class GridHead(nn.Module):
@@ -183,10 +181,12 @@ class Refiner(nn.Module):
             per_face[face] = layout.from_grid(head(img, hidden, tokens[:, k]), face)  # (B, n_face, 2)
         return self._start(est) + layout.scatter(per_face)
 
-    def _start(self, est: torch.Tensor) -> torch.Tensor:
-        """The classical start ``(B, 4760, 2)``: npho blended per face between the neighbour average
-        and the solid-angle estimate, the time's neighbour average."""
-        npho = est[..., 0] + self.blend[self.face_of_sensor] * (est[..., 1] - est[..., 0])
+    def _start(self, est: torch.Tensor, sensors: torch.Tensor | None = None) -> torch.Tensor:
+        """The classical start ``(B, 4760, 2)`` (``(B, S, 2)`` for the estimates at ``sensors (S,)``):
+        npho blended per face between the neighbour average and the solid-angle estimate, the time's
+        neighbour average."""
+        face = self.face_of_sensor if sensors is None else self.face_of_sensor.index_select(0, sensors)
+        npho = est[..., 0] + self.blend[face] * (est[..., 1] - est[..., 0])
         return torch.stack([npho, est[..., 2]], dim=-1)
 
     def forward_at(
@@ -201,12 +201,11 @@ class Refiner(nn.Module):
         the same predictions there, and 0 wherever no estimate was needed.
 
         Two 3x3 convolutions see a 5x5 window, so on inner, us and ds (one sensor per cell) each
-        sensor to fill costs one 5x5 patch, gathered from a table of per-sensor head inputs, and
-        the classical estimates are computed only in those windows (for every event of the batch,
-        where any event needs them); the heads' inputs are gathered into a table of those sensors
-        only. The outer and hex faces are small: their heads see the whole face, for the events with
-        a sensor to fill there (a face with none costs nothing). Data-dependent sizes: inference
-        only, not for training steps or traced graphs."""
+        sensor to fill costs one 5x5 patch. The S sensors in those windows (for every event of the
+        batch, where any event needs them) get their classical estimates and head inputs in a table
+        ``(B, S + 1, C)``, and the patches are gathered from it. The outer and hex faces are small:
+        their heads see the whole face, for the events with a sensor to fill there (a face with none
+        costs nothing). Data-dependent sizes: inference only, not for training steps or traced graphs."""
         layout = self.layout
         B, N = at.shape
         visible = masks.visible
@@ -228,51 +227,56 @@ class Refiner(nn.Module):
             windows[face] = (b, ids[j], cell, window)
         sensors = need[:N].nonzero().squeeze(1)  # (S,) channel ids
         S = len(sensors)
-        est = classical_estimates(x, masks, self.normalizer, sensors)  # (B, N, 4), zero off `sensors`
-
-        # the grid heads' input channels at the S sensors: observations (0 where not visible), estimates,
-        # extra features, hidden flag; a zero row S for the window positions off the face
-        inp = sensor_inputs(x, masks.time_valid & visible)  # (B, N, 3)
-        vis = visible.index_select(1, sensors)[..., None].to(inp.dtype)  # (B, S, 1)
-        parts = [inp.index_select(1, sensors) * vis, est.index_select(1, sensors)]
-        if extra is not None:
-            more = inp.new_zeros(B, N, extra["inner"].shape[1])
-            for face in windows:
-                more = more.index_copy(1, layout.ids(face), layout.from_grid(extra[face], face).to(more.dtype))
-            parts.append(more.index_select(1, sensors))
-        parts.append(1 - vis)
-        table = F.pad(torch.cat(parts, dim=-1), (0, 0, 0, 1))  # (B, S + 1, C)
-        C = table.shape[-1]
-        table = table.view(B * (S + 1), C)
-        row = torch.full((N + 1,), S, dtype=torch.long, device=at.device)  # channel id -> table row
+        row = torch.full((N + 1,), S, dtype=torch.long, device=at.device)  # channel id -> table row (S: none)
         row[sensors] = torch.arange(S, device=at.device)
+        est = classical_estimates(x, masks, self.normalizer, sensors)  # (B, S, 4)
+        vis = visible.index_select(1, sensors)  # (B, S)
+        inp = sensor_inputs(x.index_select(1, sensors), vis & masks.time_valid.index_select(1, sensors))  # (B, S, 3)
+        inp = inp * vis[..., None].to(inp.dtype)  # observations: 0 where not visible
+        correction = inp.new_zeros(B, S, 2)  # at the table's sensors
 
-        correction = inp.new_zeros(B * N, 2)
-        for face, (b, sensor, cell, window) in windows.items():
-            H, W = layout.grid_shape(face)
-            rows = (b[:, None, None] * (S + 1) + row[window]).flatten()
-            patch = table.index_select(0, rows).view(-1, 5, 5, C).permute(0, 3, 1, 2)  # (Q, C, 5, 5)
-            token = tokens[:, geo.FACES.index(face)].index_select(0, b)
-            values = self.heads[face].patch_forward(patch, token, cell // W, cell % W, (H, W))
-            correction = correction.index_copy(0, b * N + sensor, values.to(correction.dtype))
-        correction = correction.view(B, N, 2)
-        for face, events in whole.items():  # the heads run on those events only
-            head, token = self.heads[face], tokens.index_select(0, events)[:, geo.FACES.index(face)]
-            ie, ve = inp.index_select(0, events), visible.index_select(0, events)
-            ee = est.index_select(0, events)
-            more = [] if extra is None else [extra[face].index_select(0, events)]
-            if face in geo.HEX_FACES:
-                nodes, hidden = layout.to_nodes(ie, ve, face)
-                nodes = torch.cat([nodes, layout.to_nodes(ee, torch.ones_like(ve), face)[0], *more], dim=-1)
-                values = head(nodes, hidden, token)
-            else:  # the outer face: its patch cells hold several sensors
-                img, hidden = layout.to_grid(ie, ve, face)
-                img = torch.cat([img, layout.to_grid(ee, torch.ones_like(ve), face)[0], *more], dim=1)
-                cells = ~layout.grid_mask(at.index_select(0, events), face)[:, 0]  # (E, H, W): cells to fill
-                grid = img.new_zeros(len(events), 2, *cells.shape[1:])
-                grid.permute(0, 2, 3, 1)[cells] = head.forward_at(img, hidden, token, cells).to(grid.dtype)
-                values = layout.from_grid(grid, face)
-            rows = correction.index_select(0, events).index_copy(1, layout.ids(face), values.to(correction.dtype))
-            correction = correction.index_copy(0, events, rows)
-        return self._start(est) + correction
+        if windows:
+            # the grid heads' input channels at the S sensors: observations, estimates, extra features,
+            # hidden flag; a zero row S for the window positions off the face
+            parts = [inp, est]
+            if extra is not None:
+                more = inp.new_zeros(B, N, extra["inner"].shape[1])
+                for face in windows:
+                    more = more.index_copy(1, layout.ids(face), layout.from_grid(extra[face], face).to(more.dtype))
+                parts.append(more.index_select(1, sensors))
+            parts.append(1 - vis[..., None].to(inp.dtype))
+            table = F.pad(torch.cat(parts, dim=-1), (0, 0, 0, 1))  # (B, S + 1, C)
+            C = table.shape[-1]
+            table = table.view(B * (S + 1), C)
+            flat = correction.view(B * S, 2)
+            for face, (b, sensor, cell, window) in windows.items():
+                H, W = layout.grid_shape(face)
+                rows = (b[:, None, None] * (S + 1) + row[window]).flatten()
+                patch = table.index_select(0, rows).view(-1, 5, 5, C).permute(0, 3, 1, 2)  # (Q, C, 5, 5)
+                token = tokens[:, geo.FACES.index(face)].index_select(0, b)
+                values = self.heads[face].patch_forward(patch, token, cell // W, cell % W, (H, W))
+                flat.index_copy_(0, b * S + row[sensor], values.to(flat.dtype))
 
+        if whole:  # the heads run on those events only, on the whole face: its sensors are all in the table
+            def full(t: torch.Tensor) -> torch.Tensor:  # (E, S, C) -> (E, N, C), zero off the table
+                return t.new_zeros(t.shape[0], N, t.shape[-1]).index_copy_(1, sensors, t)
+
+            for face, events in whole.items():
+                head, token = self.heads[face], tokens.index_select(0, events)[:, geo.FACES.index(face)]
+                ie, ee = full(inp.index_select(0, events)), full(est.index_select(0, events))
+                ve = visible.index_select(0, events)
+                more = [] if extra is None else [extra[face].index_select(0, events)]
+                if face in geo.HEX_FACES:
+                    nodes, hidden = layout.to_nodes(ie, ve, face)
+                    nodes = torch.cat([nodes, layout.to_nodes(ee, torch.ones_like(ve), face)[0], *more], dim=-1)
+                    values = head(nodes, hidden, token)
+                else:  # the outer face: its patch cells hold several sensors
+                    img, hidden = layout.to_grid(ie, ve, face)
+                    img = torch.cat([img, layout.to_grid(ee, torch.ones_like(ve), face)[0], *more], dim=1)
+                    cells = ~layout.grid_mask(at.index_select(0, events), face)[:, 0]  # (E, H, W): cells to fill
+                    grid = img.new_zeros(len(events), 2, *cells.shape[1:])
+                    grid.permute(0, 2, 3, 1)[cells] = head.forward_at(img, hidden, token, cells).to(grid.dtype)
+                    values = layout.from_grid(grid, face)
+                correction[events[:, None], row[layout.ids(face)]] = values.to(correction.dtype)
+        pred = self._start(est, sensors) + correction  # (B, S, 2)
+        return pred.new_zeros(B, N, 2).index_copy_(1, sensors, pred)
