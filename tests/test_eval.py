@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from xecbench import geometry as geo
-from xecbench.baselines import npho_estimates
+from xecbench.baselines import estimate_source, neighbour_sums, npho_estimates
 from xecbench.eval import metrics_by_face, neighbour_average, residual_stats, solid_angle_estimate, solid_angles
 
 
@@ -36,6 +36,24 @@ def test_estimates_at_a_subset_of_sensors_equal_the_full_ones_there():
     full_t, has_t = neighbour_average(npho, usable)
     part_t, part_has = neighbour_average(npho, usable, sensors=sensors)
     assert torch.equal(full_t[:, sensors], part_t) and torch.equal(has_t[:, sensors], part_has)
+
+
+def test_estimates_sum_in_the_widest_dtype_of_their_inputs():
+    """A float64 shower position with float32 counts: the sums run in float64, as if the counts were
+    float64 (the neighbour sums hold the counts and the solid angles side by side), at every sensor
+    and at a subset; values with no quantity give an empty sum."""
+    g = torch.Generator().manual_seed(5)
+    npho = torch.rand(2, 4760, generator=g) * 300.0
+    usable = torch.rand(2, 4760, generator=g) > 0.25
+    source = estimate_source(npho, usable).double()
+    sensors = torch.tensor([7, 2010, 4300, 4700])
+    for at in (None, sensors):
+        got = npho_estimates(npho, usable, source, sensors=at)
+        want = npho_estimates(npho.double(), usable, source, sensors=at)
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    assert neighbour_sums(npho[..., None][..., :0]).shape == (2, 4760, 0)
+    assert neighbour_sums(npho[..., None][..., :0], sensors=sensors).shape == (2, 4, 0)
 
 
 def test_neighbour_average_skips_hidden_and_reports_missing():

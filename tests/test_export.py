@@ -64,22 +64,29 @@ def test_raw_inpainter_fills_only_the_asked_sensors(ckpts):
 @pytest.mark.parametrize("fill_time", [True, False])
 def test_raw_inpainter_writes_back_what_the_dense_path_writes(ckpts, fill_time):
     """On a CPU the sparse path converts back to raw units at the filled sensors only; the dense path
-    (what an export runs) converts every sensor and picks with the fill mask. Same values where filled,
-    the input elsewhere, and the input time where the model does not fill times."""
+    (what an export runs) converts every sensor and picks with the fill mask. From the same predictions
+    both give the same values, in float32 and float64: the model's where filled (its time only where
+    it fills times), the input, in its own precision, everywhere else."""
     module, _ = deployable(ckpts["inpaint"])
-    sparse = RawInpainter(module.model, module.normalizer, fill_time=fill_time)
-    dense = RawInpainter(module.model, module.normalizer, fill_time=fill_time, sparse=False, trace=False)
+    inpainter = RawInpainter(module.model, module.normalizer, fill_time=fill_time)
     sensors, fill = _inputs()
     sensors[1, 5] = float("nan")  # an invalid sensor to fill
     fill[1, 5] = 1.0
-    with torch.no_grad():
-        got, want = sparse(sensors, fill), dense(sensors, fill)
     filled = fill > 0
-    assert torch.equal(got[~filled], sensors[~filled])
-    torch.testing.assert_close(got[filled], want[filled], rtol=1e-5, atol=1e-4, equal_nan=True)
-    assert torch.isfinite(got[filled][:, 0]).all()
-    if not fill_time:
-        assert torch.equal(got[filled][:, 1].nan_to_num(-1.0), sensors[filled][:, 1].nan_to_num(-1.0))
+    pred = torch.randn(*sensors.shape, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.float64):
+        s = sensors.to(dtype) + (1e-9 if dtype == torch.float64 else 0.0)  # float64 digits float32 lacks
+        sparse, dense = (inpainter.raw_filled(s, filled, pred, at_fill_only=a) for a in (True, False))
+        assert sparse.dtype == dtype and torch.equal(sparse.nan_to_num(-1.0), dense.nan_to_num(-1.0))
+        assert torch.equal(sparse[~filled], s[~filled])
+        npho, time = module.normalizer.inverse(pred)
+        assert torch.equal(sparse[..., 0][filled], npho[filled].to(dtype))
+        want_time = time[filled].to(dtype) if fill_time else s[..., 1][filled]
+        assert torch.equal(sparse[..., 1][filled].nan_to_num(-1.0), want_time.nan_to_num(-1.0))
+    with torch.no_grad():  # and the whole model, sparse heads against dense ones
+        got = inpainter(sensors, fill)
+        want = RawInpainter(module.model, module.normalizer, fill_time=fill_time, sparse=False)(sensors, fill)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, equal_nan=True)
 
 
 def test_torchscript_inpainter_matches_eager(ckpts, tmp_path):

@@ -18,7 +18,7 @@ values as the full ones there (inference that fills a few sensors needs a fracti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, reduce
 
 import numpy as np
 import torch
@@ -65,8 +65,9 @@ def _slot_sums(parts: Sequence[torch.Tensor], table: torch.Tensor) -> torch.Tens
     # sensors first, so that a gather copies whole rows of B * C numbers (an index over the
     # sensor axis of (B, M) is several times slower); one gather per neighbour slot serves all C
     # quantities and never materialises the (S, K, B * C) block. Each part is copied straight into
-    # its column: 6x faster than stacking them and then transposing
-    rows = parts[0].new_empty(M + 1, B, len(parts))
+    # its column (6x faster than stacking them and then transposing), in the widest of their dtypes
+    dtype = reduce(torch.promote_types, [p.dtype for p in parts])
+    rows = parts[0].new_empty(M + 1, B, len(parts), dtype=dtype)
     for i, part in enumerate(parts):
         rows[:M, :, i] = part.T
     rows[M] = 0
@@ -89,6 +90,8 @@ def neighbour_sums(
     -> ``(B, 4760, C)``, or ``(B, S, C)`` at ``sensors (S,)`` only (the same sums, in the same order).
     Zero the sensors that must not count before calling."""
     ids, _, table = _neighbourhood(radius, max_k, values.device, sensors)
+    if values.shape[-1] == 0:  # nothing to sum
+        return values.new_zeros(values.shape[0], table.shape[1], 0)
     return _slot_sums((values if ids is None else values.index_select(1, ids)).unbind(-1), table)
 
 

@@ -94,8 +94,9 @@ class RawInpainter(nn.Module):
                 out[b, n, 1] = time.to(sensors.dtype)
             return out
         npho, time = self.normalizer.inverse(pred.float())
-        filled = torch.stack([npho, time if self.fill_time else sensors[..., 1].float()], dim=-1)
-        return torch.where(fill[..., None], filled.to(sensors.dtype), sensors)
+        npho = torch.where(fill, npho.to(sensors.dtype), sensors[..., 0])
+        time = torch.where(fill, time.to(sensors.dtype), sensors[..., 1]) if self.fill_time else sensors[..., 1]
+        return torch.stack([npho, time], dim=-1)  # a time not filled is the input's, in its own precision
 
     def _traceable(self, x: torch.Tensor) -> bool:
         p = next(self.model.parameters())
