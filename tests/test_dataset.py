@@ -1,3 +1,5 @@
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from xecbench.data import (
     normalize_batch,
     write_root,
 )
-from xecbench.data.dataset import _new_batch
+from xecbench.data.dataset import _batches, _new_batch
 
 
 def test_event_dataset_batches(events):
@@ -170,3 +172,23 @@ def test_a_worker_builds_its_batches_in_shared_memory(events):
     in_worker = list(DataLoader(_BatchInWorker(chunk), batch_size=None, num_workers=1))
     assert len(in_worker) == 2 and all(bool(flag) for b in in_worker for flag in b.values())
     assert not any(v.is_shared() for v in _new_batch(chunk, 4, True, ring=None)[0].values())
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_batching_lets_a_chunk_go_before_asking_for_the_next(events, normalize):
+    # as iter_root (tests/test_io.py): a chunk the batcher still holds while the next is read doubles
+    # the memory in use and makes every chunk fresh memory
+    last: list[weakref.ref] = []
+    alive_at_read = []
+
+    def chunks():
+        for start in range(0, 300, 64):
+            alive_at_read.append(sum(r() is not None for r in last))
+            chunk = {k: v[start : start + 64].copy() for k, v in events.items()}
+            last[:] = [weakref.ref(a) for a in chunk.values()]
+            yield chunk
+            del chunk
+
+    batches = list(_batches(chunks(), Normalizer(), batch_size=48, normalize=normalize))
+    assert sum(len(b["valid" if normalize else "npho"]) for b in batches) == 300
+    assert alive_at_read == [0] * 5

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import weakref
 
 import awkward as ak
 import numpy as np
@@ -232,3 +233,43 @@ def test_zlib_is_written_through_isal_as_ordinary_zlib(tmp_path, events):
     for p in (path, stdlib):
         back = read_root(p)
         assert all(np.array_equal(back[k], v) for k, v in _small(events).items())
+
+
+@pytest.mark.parametrize("shard", [(0, 1), (1, 2)])
+def test_a_chunk_is_let_go_before_the_next_is_read(tmp_path, events, monkeypatch, shard):
+    # two chunks alive at once is fresh memory for every chunk (about 160 MB at 4096 events): once
+    # the caller has dropped a chunk, nothing may hold its arrays while uproot reads the next
+    path = write_root(tmp_path / "sim.root", events)
+    last: list[weakref.ref] = []  # the arrays uproot returned last
+    alive_at_read: list[int] = []  # how many of them were alive when the next read began
+
+    def watch(chunk: dict) -> dict:
+        last[:] = [weakref.ref(a) for a in chunk.values()]
+        return chunk
+
+    def alive() -> int:
+        return sum(r() is not None for r in last)
+
+    real_iterate, real_arrays = uproot.TTree.iterate, uproot.TTree.arrays
+
+    def iterate(self, *args, **kwargs):  # the one-reader path
+        chunks = real_iterate(self, *args, **kwargs)
+        while True:
+            alive_at_read.append(alive())
+            chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield watch(chunk)
+            del chunk
+
+    def arrays(self, *args, **kwargs):  # the sharded path
+        alive_at_read.append(alive())
+        return watch(real_arrays(self, *args, **kwargs))
+
+    monkeypatch.setattr(uproot.TTree, "iterate", iterate)
+    monkeypatch.setattr(uproot.TTree, "arrays", arrays)
+    chunks = iter_root(path, step_size=64, shard=shard)
+    while next(chunks, None) is not None:  # each chunk dropped at once
+        pass
+    assert len(alive_at_read) == (6 if shard == (0, 1) else 2)  # 5 chunks and the end; chunks 1 and 3
+    assert alive_at_read == [0] * len(alive_at_read)

@@ -183,13 +183,14 @@ def _batches(
             else:
                 batch[RAW_NPHO].numpy()[dst] = chunk[NPHO][src]
                 batch[RAW_TIME].numpy()[dst] = chunk[TIME][src]
-            for k, v in chunk.items():
+            for k in chunk:
                 if k not in (NPHO, TIME):
-                    batch[k].numpy()[dst] = v[src]
+                    batch[k].numpy()[dst] = chunk[k][src]
             filled, pos = filled + take, pos + take
             if filled == batch_size:
                 yield _tagged(batch, tag)
                 batch = None
+        del chunk  # before the next is read (see iter_root)
     if batch is not None and not drop_last:
         yield _tagged({k: v[:filled] for k, v in batch.items()}, tag)
 

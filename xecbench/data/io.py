@@ -250,11 +250,17 @@ def iter_root(
         chunks = t.iterate(branches, step_size=step_size, entry_stop=stop, library=library)
     else:
         starts = range(index * step_size, stop, count * step_size)
+        # no array_cache: uproot's default keeps up to 100 MB of what it read, and a chunk is read once
         chunks = (
-            t.arrays(branches, entry_start=a, entry_stop=min(a + step_size, stop), library=library) for a in starts
+            t.arrays(branches, entry_start=a, entry_stop=min(a + step_size, stop), library=library, array_cache=None)
+            for a in starts
         )
     rename = {npho_branch: NPHO, time_branch: TIME}
     while True:
+        # drop this generator's hold on the last chunk before reading the next: two chunks alive at
+        # once (about 160 MB at 4096 events) is fresh memory for every chunk, and faulting it in cost
+        # as much as the rest of uproot's reading (benchmarks/bench_data.py)
+        chunk = None
         try:
             chunk = next(chunks)
         except StopIteration:
@@ -263,12 +269,14 @@ def iter_root(
             raise DataFormatError(
                 f"{path}: reading tree {tree!r} failed, the file may be truncated or damaged: {_one_line(exc)}"
             ) from exc
-        out = {}
-        for b in branches:
-            width = N_CHANNELS if b in rename else None
-            arr = _as_matrix(chunk[b], path, b, width)
-            out[rename.get(b, b)] = arr.astype(np.float32, copy=False) if b in rename else arr
-        yield out
+        yield {rename.get(b, b): _branch_array(chunk[b], path, b, sensors=b in rename) for b in branches}
+
+
+def _branch_array(a: ak.Array | np.ndarray, path: Path, branch: str, sensors: bool) -> np.ndarray:
+    """One branch of a chunk as numpy: a per-sensor branch ``(n, 4760)`` float32, any other as it is."""
+    if not sensors:
+        return _as_matrix(a, path, branch, None)
+    return _as_matrix(a, path, branch, N_CHANNELS).astype(np.float32, copy=False)
 
 
 def read_root(path: str | os.PathLike[str], **kwargs) -> dict[str, np.ndarray]:
