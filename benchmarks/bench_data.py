@@ -21,8 +21,8 @@ The speed issue's target: 20,000 events/s per core, so that one CPU worker keeps
 ``base`` size (about 10^3 events/s of training). It is judged once the loader runs (``steady``): the
 CPU seconds of a whole pass less those of a pass over its first chunk alone, per event after that
 chunk, medians of ``--repeats`` runs. Starting the worker and the first chunk's fresh memory cost
-about 0.4 s once per pass (a fifth of a 20,000-event pass, a rounding error of a real epoch); the
-whole-pass rate is written next to it.
+0.3-0.9 s once per pass over a file (up to a fifth of a 20,000-event pass, little of a real run's
+file of millions); the whole-pass rate is written next to it.
 
     python benchmarks/bench_data.py                  # 20,000 events, about two minutes once the files exist
 """
@@ -171,15 +171,18 @@ def steady_per_core(path: Path, batch: int, workers: int, step_size: int, normal
     """Events per CPU second of the loading processes once they run: the whole file's CPU seconds
     less those of its first chunk alone, per event after that chunk (medians of ``repeats`` runs of
     each). A pass over a file pays once for starting the worker and for the first chunk's fresh memory
-    (together about 0.4 s here, a fifth of a 20,000-event pass); a training run that streams millions
-    of events pays it once per epoch, so this is the rate that decides whether a GPU waits."""
+    (together about 0.3-0.9 s here, up to a fifth of a 20,000-event pass); a stream of millions of
+    events pays it once per pass over each file, so this is the rate that decides whether a GPU waits."""
     args = (path, batch, workers, step_size, normalize)
     whole = [events_per_second(*args) for _ in range(repeats)]
     first = [events_per_second(*args, entry_stop=step_size) for _ in range(repeats)]
     n = whole[0]["n"] - first[0]["n"]
     cpu = statistics.median(r["loading_s"] for r in whole) - statistics.median(r["loading_s"] for r in first)
+    if n <= 0 or cpu <= 0:
+        raise SystemExit(f"--events must be several chunks of --step-size (got {n} events after the first chunk,"
+                         f" {cpu:.3f} CPU s): nothing to measure once the loader runs")
     return {
-        "steady_per_core": round(n / cpu) if cpu > 0 else None,
+        "steady_per_core": round(n / cpu),
         "whole_pass_per_core": round(statistics.median(r["per_core"] for r in whole)),
         "first_chunk_s": round(statistics.median(r["loading_s"] for r in first), 3),
         "repeats": repeats,
@@ -244,7 +247,7 @@ def main() -> None:
                 "value": steady["steady_per_core"],
                 **steady,
                 "target": f">= {TARGET} events/s per core once running",
-                "pass": (steady["steady_per_core"] or 0) >= TARGET,
+                "pass": steady["steady_per_core"] >= TARGET,
             }
     # what normalising a batch costs where it goes: one CPU thread here (a GPU does it in microseconds)
     raw = next(iter(make_loader(RootStream(paths["zlib"], step_size=a.step_size, normalize=False), a.batch)))

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import uproot
 
-from xecbench.data import DataFormatError, io, iter_root, load_events, load_npz, read_root, save_npz, write_root
+from xecbench.data import (
+    DataFormatError,
+    RootStream,
+    io,
+    iter_root,
+    load_events,
+    load_npz,
+    read_root,
+    save_npz,
+    write_root,
+)
 
 
 def test_root_round_trip_and_chunks(tmp_path, events):
@@ -272,4 +282,9 @@ def test_a_chunk_is_let_go_before_the_next_is_read(tmp_path, events, monkeypatch
     while next(chunks, None) is not None:  # each chunk dropped at once
         pass
     assert len(alive_at_read) == (6 if shard == (0, 1) else 2)  # 5 chunks and the end; chunks 1 and 3
+    if shard == (0, 1):  # and a stream of single events (a DataLoader collates them) reads the same way
+        events_of = iter(RootStream(path, step_size=64))
+        while next(events_of, None) is not None:
+            pass
+        assert len(alive_at_read) == 12
     assert alive_at_read == [0] * len(alive_at_read)

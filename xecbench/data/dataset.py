@@ -261,6 +261,7 @@ class RootStream(IterableDataset):
             raise ValueError("RootStream(normalize=False) yields batches only: give batch_size (or use make_loader)")
         for chunk in chunks:
             yield from _events_of(chunk, self.normalizer)
+            del chunk  # before the next is read (see iter_root)
 
 
 def make_loader(
