@@ -20,8 +20,8 @@ thread. The profile's worker runs under a plain DataLoader too (fresh memory for
 The speed issue's target: 20,000 events/s per core, so that one CPU worker keeps a GPU fed at the
 ``base`` size (about 10^3 events/s of training). It is judged once the loader runs (``steady``): the
 CPU seconds of a whole pass less those of a pass over its first chunk alone, per event after that
-chunk, medians of ``--repeats`` runs. Starting the worker and the first chunk's fresh memory cost
-0.3-0.9 s once per pass over a file (up to a fifth of a 20,000-event pass, little of a real run's
+chunk, the median of ``--repeats`` such pairs. Starting the worker and the first chunk's fresh memory
+cost 0.2-1 s once per pass over a file (up to a fifth of a 20,000-event pass, little of a real run's
 file of millions); the whole-pass rate is written next to it.
 
     python benchmarks/bench_data.py                  # 20,000 events, about two minutes once the files exist
@@ -168,21 +168,26 @@ def events_per_second(
 
 
 def steady_per_core(path: Path, batch: int, workers: int, step_size: int, normalize: bool, repeats: int) -> dict:
-    """Events per CPU second of the loading processes once they run: the whole file's CPU seconds
-    less those of its first chunk alone, per event after that chunk (medians of ``repeats`` runs of
-    each). A pass over a file pays once for starting the worker and for the first chunk's fresh memory
-    (together about 0.3-0.9 s here, up to a fifth of a 20,000-event pass); a stream of millions of
-    events pays it once per pass over each file, so this is the rate that decides whether a GPU waits."""
+    """Events per CPU second of the loading processes once they run: a whole pass's CPU seconds less
+    those of a pass over its first chunk alone, per event after that chunk, for ``repeats`` such pairs
+    run one after the other (the median and the range of the pairs). A pass over a file pays once
+    for starting the worker and for the first chunk's fresh memory (0.2-1 s here, up to a fifth of a
+    20,000-event pass); a stream of millions of events pays it once per pass over each file, so this
+    is the rate that decides whether a GPU waits. On the 2-core VM here single runs of the same code
+    minutes apart differ by up to a third: hence several pairs, each measured close together."""
     args = (path, batch, workers, step_size, normalize)
-    whole = [events_per_second(*args) for _ in range(repeats)]
-    first = [events_per_second(*args, entry_stop=step_size) for _ in range(repeats)]
-    n = whole[0]["n"] - first[0]["n"]
-    cpu = statistics.median(r["loading_s"] for r in whole) - statistics.median(r["loading_s"] for r in first)
-    if n <= 0 or cpu <= 0:
-        raise SystemExit(f"--events must be several chunks of --step-size (got {n} events after the first chunk,"
-                         f" {cpu:.3f} CPU s): nothing to measure once the loader runs")
+    rates, whole, first = [], [], []
+    for _ in range(repeats):
+        whole.append(events_per_second(*args))
+        first.append(events_per_second(*args, entry_stop=step_size))
+        n, cpu = whole[-1]["n"] - first[-1]["n"], whole[-1]["loading_s"] - first[-1]["loading_s"]
+        if n <= 0 or cpu <= 0:
+            raise SystemExit(f"--events must be several chunks of --step-size (got {n} events after the first"
+                             f" chunk, {cpu:.3f} CPU s): nothing to measure once the loader runs")
+        rates.append(n / cpu)
     return {
-        "steady_per_core": round(n / cpu),
+        "steady_per_core": round(statistics.median(rates)),
+        "steady_range": [round(min(rates)), round(max(rates))],
         "whole_pass_per_core": round(statistics.median(r["per_core"] for r in whole)),
         "first_chunk_s": round(statistics.median(r["loading_s"] for r in first), 3),
         "repeats": repeats,
@@ -203,7 +208,7 @@ def main() -> None:
     p.add_argument(
         "--step-size", type=int, default=4096, help="events per chunk: the files' basket size, as advised for streams"
     )
-    p.add_argument("--repeats", type=int, default=3, help="runs of each loader whose median makes a target's figure")
+    p.add_argument("--repeats", type=int, default=5, help="pairs of runs whose median makes a target's figure")
     p.add_argument("--dir", default="runs/bench_data", help="where the simulated files are written (once)")
     p.add_argument("--out", default="benchmarks/results/data.json")
     a = p.parse_args()
@@ -241,8 +246,10 @@ def main() -> None:
         )
         for workers, normalize, label in modes:
             steady = steady_per_core(path, a.batch, workers, a.step_size, normalize, a.repeats)
+            low, high = steady["steady_range"]
             print(f"{codec} {label}: {steady['steady_per_core']:,} events/s per loading core once running"
-                  f" ({steady['whole_pass_per_core']:,} over a whole pass, first chunk {steady['first_chunk_s']} s)")
+                  f" ({low:,}-{high:,} in {a.repeats} pairs; {steady['whole_pass_per_core']:,} over a whole pass,"
+                  f" first chunk {steady['first_chunk_s']} s)")
             targets[f"ROOT ({codec}) -> batches, per core, {label}"] = {
                 "value": steady["steady_per_core"],
                 **steady,
