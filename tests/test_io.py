@@ -11,6 +11,7 @@ import uproot
 from xecbench.data import (
     DataFormatError,
     RootStream,
+    count_events,
     io,
     iter_root,
     load_events,
@@ -288,3 +289,33 @@ def test_a_chunk_is_let_go_before_the_next_is_read(tmp_path, events, monkeypatch
             pass
         assert len(alive_at_read) == 12
     assert alive_at_read == [0] * len(alive_at_read)
+
+
+def test_a_range_of_entries_is_read_and_nothing_else(tmp_path, events, monkeypatch):
+    path = write_root(tmp_path / "sim.root", events)
+    npz = save_npz(tmp_path / "sim.npz", events)
+    assert count_events(path) == count_events(npz) == 300
+    asked = []  # the entry ranges uproot is asked for
+    real_iterate = uproot.TTree.iterate
+
+    def iterate(self, *args, **kwargs):
+        asked.append((kwargs["entry_start"], kwargs["entry_stop"]))
+        return real_iterate(self, *args, **kwargs)
+
+    monkeypatch.setattr(uproot.TTree, "iterate", iterate)
+    part = read_root(path, entry_start=70, entry_stop=200, step_size=64)
+    assert asked == [(70, 200)]
+    assert part.keys() == events.keys() and all(np.array_equal(part[k], events[k][70:200]) for k in events)
+    # shards count their chunks from entry_start: [70, 134), [134, 198), [198, 262), [262, 300)
+    odd = list(iter_root(path, step_size=64, entry_start=70, shard=(1, 2)))
+    assert [len(c["npho"]) for c in odd] == [64, 38]
+    assert np.array_equal(np.concatenate([c["npho"] for c in odd]), events["npho"][np.r_[134:198, 262:300]])
+    # load_events: the same rows from either format, the per-sensor truth only when asked
+    for f in (path, npz):
+        tail = load_events(f, entry_start=250, sensor_truth=False)
+        assert set(tail) == set(events) - {"nphoExpected"}
+        assert all(np.array_equal(tail[k], events[k][250:]) for k in tail)
+        with pytest.raises(DataFormatError, match=r"no events in entries \[300, end\) of .*300"):
+            load_events(f, entry_start=300)
+        with pytest.raises(ValueError, match="entry_start must be >= 0"):
+            load_events(f, entry_start=-1)

@@ -648,3 +648,45 @@ def test_adamw_runs_fused_on_cpu_and_steps_like_the_textbook_update(tmp_path):
         # bias-corrected first step: m_hat = g, v_hat = g^2
         want = w * (1 - 0.01 * wd[id(p)]) - 0.01 * 0.5 / (0.5 + 1e-8)
         torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "n_train", "n_val", "val_file"),
+    [(".root", 100, 50, False), (".root", 1000, 50, False), (".npz", 100, 200, False), (".root", 1000, 50, True)],
+)
+def test_a_file_source_reads_only_the_events_the_run_uses(tmp_path, monkeypatch, suffix, n_train, n_val, val_file):
+    import numpy as np
+    import uproot
+
+    from xecbench.data import Normalizer, save_npz, simulate, write_root
+    from xecbench.train import build_datasets
+    from xecbench.train.config import config_from_dict
+
+    events, other = simulate(300, seed=5), simulate(80, seed=6)
+    path = (write_root if suffix == ".root" else save_npz)(tmp_path / f"run{suffix}", events)
+    data = {"source": str(path), "n_train": n_train, "n_val": n_val}
+    if val_file:
+        data["val_source"] = str(write_root(tmp_path / "val.root", other))
+    asked = []  # the entry ranges uproot is asked for
+    real_iterate = uproot.TTree.iterate
+
+    def iterate(self, *args, **kwargs):
+        asked.append((kwargs["entry_start"], kwargs["entry_stop"]))
+        return real_iterate(self, *args, **kwargs)
+
+    monkeypatch.setattr(uproot.TTree, "iterate", iterate)
+    train, val = build_datasets(config_from_dict({"model": {"preset": "tiny"}, "data": data}))
+    # by hand: validation is all of val_source, else the file's last n_val events (at most half of
+    # it); training the first n_train events before them
+    n_v = 0 if val_file else min(n_val, 150)
+    n = min(n_train, 300 - n_v)
+    want_val = other if val_file else {k: v[300 - n_v :] for k, v in events.items()}
+    if suffix == ".root":
+        assert sorted(asked) == ([(0, 80), (0, n)] if val_file else [(0, n), (300 - n_v, 300)])
+    assert torch.equal(train.tensors["event"], torch.as_tensor(events["event"][:n]))
+    ref_x, _, _ = Normalizer()(events["npho"][:n], events["relative_time"][:n])
+    assert torch.equal(train.tensors["x"], ref_x)
+    assert torch.equal(val.tensors["event"], torch.as_tensor(want_val["event"]))
+    # the Poisson floor's per-sensor truth where the evaluation looks (validation), not in training
+    assert "nphoExpected" in val.tensors and "nphoExpected" not in train.tensors
+    assert np.array_equal(val.tensors["nphoExpected"].numpy(), want_val["nphoExpected"])

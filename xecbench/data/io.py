@@ -17,6 +17,7 @@ import glob
 import importlib.util
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -198,6 +199,13 @@ def _as_matrix(a: ak.Array | np.ndarray, path: Path, branch: str, width: int | N
     return out
 
 
+def _check_range(entry_start: int, entry_stop: int | None) -> None:
+    if entry_start < 0:
+        raise ValueError(f"entry_start must be >= 0 (the first entry to read), got {entry_start}")
+    if entry_stop is not None and entry_stop < 0:
+        raise ValueError(f"entry_stop must be >= 0 (the entry to stop before), got {entry_stop}")
+
+
 def iter_root(
     path: str | os.PathLike[str],
     *,
@@ -207,17 +215,21 @@ def iter_root(
     truth: Sequence[str] | None = None,
     sensor_truth: bool = True,
     step_size: int = 1000,
+    entry_start: int = 0,
     entry_stop: int | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield event dicts of at most ``step_size`` events, so files larger than memory work.
+
+    ``entry_start``, ``entry_stop``: only the entries ``[entry_start, entry_stop)`` of the tree
+    (``entry_stop=None``: to the end); nothing outside them is read.
 
     ``truth``: truth branches to read; ``None`` = those of :data:`TRUTH_BRANCHES` that the file has,
     without the per-sensor ones (:data:`SENSOR_TRUTH`) when ``sensor_truth`` is false. Arrays come
     back under the canonical names ``npho`` and ``relative_time``.
 
     ``shard=(k, n)``: only chunks ``k, k + n, k + 2n, ...``, where chunk ``j`` holds the entries
-    ``[j * step_size, (j + 1) * step_size)``; the other chunks are not read at all. This is how the
+    ``entry_start + [j * step_size, (j + 1) * step_size)``; the other chunks are not read at all. This is how the
     ``n`` workers of a stream split a file: each event once, each chunk decompressed by one worker
     (only a basket that straddles two chunks is decompressed by both; a ``step_size`` that is a
     multiple of the file's cluster size avoids that).
@@ -228,8 +240,7 @@ def iter_root(
         raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard}")
     if step_size < 1:
         raise ValueError(f"step_size must be >= 1, got {step_size}")
-    if entry_stop is not None and entry_stop < 0:
-        raise ValueError(f"entry_stop must be >= 0 (events to read), got {entry_stop}")
+    _check_range(entry_start, entry_stop)
     t = _open_tree(path, tree)
     keys = set(t.keys())
     for b in (npho_branch, time_branch, *(truth or ())):
@@ -245,11 +256,13 @@ def iter_root(
     fixed = all(isinstance(t[b].interpretation, uproot.interpretation.numerical.AsDtype) for b in branches)
     library = "np" if fixed else "ak"
     stop = t.num_entries if entry_stop is None else min(entry_stop, t.num_entries)
+    if entry_start >= stop:
+        return
     if count == 1:
         # one reader: uproot's iterate keeps a basket that straddles two chunks for the next one
-        chunks = t.iterate(branches, step_size=step_size, entry_stop=stop, library=library)
+        chunks = t.iterate(branches, step_size=step_size, entry_start=entry_start, entry_stop=stop, library=library)
     else:
-        starts = range(index * step_size, stop, count * step_size)
+        starts = range(entry_start + index * step_size, stop, count * step_size)
         # no array_cache: uproot's default keeps up to 100 MB of what it read, and a chunk is read once
         chunks = (
             t.arrays(branches, entry_start=a, entry_stop=min(a + step_size, stop), library=library, array_cache=None)
@@ -280,9 +293,34 @@ def _branch_array(a: ak.Array | np.ndarray, path: Path, branch: str, sensors: bo
 
 
 def read_root(path: str | os.PathLike[str], **kwargs) -> dict[str, np.ndarray]:
-    """Read a whole ROOT file into one event dict (see :func:`iter_root` for the options)."""
+    """Read a ROOT file, or the entries ``[entry_start, entry_stop)`` of it, into one event dict
+    (see :func:`iter_root` for the options)."""
     chunks = list(iter_root(path, **kwargs))
+    if not chunks:
+        start, stop, tree = kwargs.get("entry_start", 0), kwargs.get("entry_stop"), kwargs.get("tree", "tree")
+        shard = kwargs.get("shard", (0, 1))
+        which = "" if shard == (0, 1) else f" for shard {shard[0]} of {shard[1]} (step_size {kwargs.get('step_size')})"
+        raise DataFormatError(
+            f"{path}: no events in entries [{start}, {'end' if stop is None else stop}){which} of tree {tree!r},"
+            f" which holds {count_events(path, tree)}"
+        )
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def count_events(path: str | os.PathLike[str], tree: str = "tree") -> int:
+    """The number of events in a ``.root`` file's tree (read from its header) or an ``.npz`` file."""
+    suffix = Path(path).suffix
+    if suffix == ".root":
+        return int(_open_tree(path, tree).num_entries)
+    if suffix == ".npz":
+        try:  # the npho array's header: the shape without reading the arrays
+            with zipfile.ZipFile(path) as z, z.open(f"{NPHO}.npy") as f:
+                fmt = np.lib.format
+                header = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+                return int(header(f)[0][0])
+        except Exception:  # not an npz of ours: loading it names the problem
+            return len(load_npz(path)[NPHO])
+    raise DataFormatError(f"{path}: unknown data format {suffix!r}; use .root or .npz")
 
 
 def write_root(
@@ -341,11 +379,31 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return events
 
 
-def load_events(path: str | os.PathLike[str], **kwargs) -> dict[str, np.ndarray]:
-    """Read ``.root`` or ``.npz`` by the file's suffix."""
+def load_events(
+    path: str | os.PathLike[str],
+    *,
+    entry_start: int = 0,
+    entry_stop: int | None = None,
+    sensor_truth: bool = True,
+    **read_kwargs,
+) -> dict[str, np.ndarray]:
+    """Read ``.root`` or ``.npz`` by the file's suffix: the events ``[entry_start, entry_stop)``
+    (default all), without the per-sensor truth (:data:`SENSOR_TRUTH`) when ``sensor_truth`` is
+    false. Of a ROOT file nothing else is read; ``read_kwargs`` go to :func:`read_root` (branch names,
+    ``tree``, ``step_size``)."""
     suffix = Path(path).suffix
     if suffix == ".root":
-        return read_root(path, **kwargs)
+        return read_root(
+            path, entry_start=entry_start, entry_stop=entry_stop, sensor_truth=sensor_truth, **read_kwargs
+        )
     if suffix == ".npz":
-        return load_npz(path)
+        _check_range(entry_start, entry_stop)
+        events = load_npz(path)
+        n, rows = len(events[NPHO]), slice(entry_start, entry_stop)
+        part = rows.indices(n) != (0, n, 1)  # copies of a part, so that the whole file can be freed
+        events = {k: v[rows].copy() if part else v for k, v in events.items() if sensor_truth or k not in SENSOR_TRUTH}
+        if len(events[NPHO]) == 0:
+            stop = "end" if entry_stop is None else entry_stop
+            raise DataFormatError(f"{path}: no events in entries [{entry_start}, {stop}) of the {n} it holds")
+        return events
     raise DataFormatError(f"{path}: unknown data format {suffix!r}; use .root or .npz")

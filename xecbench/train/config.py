@@ -68,7 +68,7 @@ class DataConfig:
     source: str = "simulate"  # "simulate" or a .root / .npz file
     n_train: int = _range(2048, 1)
     n_val: int = _range(256, 1)
-    val_source: str | None = None  # a separate validation file; default: the tail of ``source``
+    val_source: str | None = None  # a validation file (all of it); default: the last n_val events of ``source``
     seed: int = _range(0, 0)
     spectrum: str = _choices("mono", "flat", default="mono")
     random_dead_fraction: float = _range(0.0, 0.0, 1.0, hi_open=True)

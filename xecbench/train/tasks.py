@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..data import EventDataset, Normalizer, SimConfig, load_events, simulate
+from ..data import EventDataset, Normalizer, SimConfig, count_events, load_events, simulate
 from ..geometry import FACES, N_CHANNELS, in_fiducial
 from ..nn import XECMAE, MAEConfig, SensorMask, XECInpainter, encoder_config, random_hidden_by_face
 from ..nn.regress import XECRegressor, truth_of
@@ -184,17 +184,17 @@ def _event_dicts(cfg: Config) -> tuple[dict[str, np.ndarray], dict[str, np.ndarr
     if d.source == "simulate":
         sim = build_sim_config(d)
         return simulate(d.n_train, seed=d.seed, config=sim), simulate(d.n_val, seed=d.seed + 1_000_003, config=sim)
-    events = load_events(d.source)
+    # only the events a run uses are read: the first n_train (before the validation tail) and the
+    # validation events, not a whole file of millions. Training never needs the per-sensor truth
+    # (nphoExpected, as large as npho); the validation set keeps it for the Poisson floor.
     if d.val_source:
-        val = load_events(d.val_source)
-    else:
-        n = len(events["npho"])
-        if n < 2:
-            raise ConfigError(f"data.source {d.source} has {n} events; need at least 2 to split off validation")
-        n_val = min(d.n_val, n // 2)
-        val = {k: v[n - n_val :] for k, v in events.items()}
-        events = {k: v[: n - n_val] for k, v in events.items()}
-    return {k: v[: d.n_train] for k, v in events.items()}, val
+        return load_events(d.source, entry_stop=d.n_train, sensor_truth=False), load_events(d.val_source)
+    n = count_events(d.source)
+    if n < 2:
+        raise ConfigError(f"data.source {d.source} has {n} events; need at least 2 to split off validation")
+    n_val = min(d.n_val, n // 2)
+    train = load_events(d.source, entry_stop=min(d.n_train, n - n_val), sensor_truth=False)
+    return train, load_events(d.source, entry_start=n - n_val)
 
 
 def load_trained(path: str, weights: str | None = None, state: dict | None = None) -> tuple[nn.Module, Config, str]:
