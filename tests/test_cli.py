@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xecbench.cli import main
-from xecbench.data import read_root, simulate
+from xecbench.data import read_root, simulate, write_root
 
 
 def test_info(capsys):
@@ -35,6 +35,36 @@ def test_display_writes_a_png(tmp_path):
     main(["simulate", "3", "--out", str(data)])
     main(["display", str(data), "--event", "2", "--out", str(tmp_path / "e.png")])
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_display_reads_the_event_it_draws_and_no_other(tmp_path, monkeypatch):
+    import uproot
+
+    import xecbench.viz
+
+    events = simulate(40, seed=3)
+    data = write_root(tmp_path / "s.root", events)
+    asked, drawn = [], {}
+    real_iterate, real_display = uproot.TTree.iterate, xecbench.viz.event_display
+
+    def iterate(self, *args, **kwargs):
+        asked.append((kwargs["entry_start"], kwargs["entry_stop"]))
+        return real_iterate(self, *args, **kwargs)
+
+    def display(values, **kwargs):
+        drawn.update(values=values, **kwargs)
+        return real_display(values, **kwargs)
+
+    monkeypatch.setattr(uproot.TTree, "iterate", iterate)
+    monkeypatch.setattr(xecbench.viz, "event_display", display)
+    main(["display", str(data), "--event", "27", "--out", str(tmp_path / "e.png"), "--quantity", "time"])
+    assert asked == [(27, 28)]
+    assert np.array_equal(drawn["values"], events["relative_time"][27], equal_nan=True)
+    assert np.array_equal(drawn["dead"], ~(events["npho"][27] <= 9e9))
+    assert drawn["title"].endswith("event 27: time")
+    with pytest.raises(SystemExit) as exc:
+        main(["display", str(data), "--event", "40", "--out", str(tmp_path / "e.png")])
+    assert exc.value.code == 2
 
 
 @pytest.mark.slow

@@ -83,22 +83,21 @@ def _display(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from .data import load_events, raw_invalid
+    from .data import count_events, load_events, raw_invalid
     from .viz import event_display
 
     formats = FigureCanvasAgg.get_supported_filetypes()
     if Path(args.out).suffix.lstrip(".").lower() not in formats:
         raise UsageError(f"--out must end in one of {sorted('.' + f for f in formats)}, got {args.out}")
-    events = load_events(args.file)
-    n = len(events["npho"])
+    n = count_events(args.file)
     if not 0 <= args.event < n:
         raise UsageError(f"--event must be in 0..{n - 1}: {args.file} holds {n} events, got {args.event}")
+    event = load_events(args.file, entry_start=args.event, entry_stop=args.event + 1)  # that event only
     key = "npho" if args.quantity == "npho" else "relative_time"
-    values = events[key][args.event]
     fig = event_display(
-        values,
+        event[key][0],
         quantity=args.quantity,
-        dead=raw_invalid(events["npho"][args.event]).numpy(),
+        dead=raw_invalid(event["npho"][0]).numpy(),
         title=f"{args.file} event {args.event}: {args.quantity}",
     )
     fig.savefig(args.out, dpi=110)
