@@ -32,6 +32,9 @@ class Interrupted(Exception):
     """Ctrl-C, with a line saying how to go on (exit status 130)."""
 
 
+EVALUATE_SIMULATED = 256  # events that `evaluate` simulates when given no --data and no --events
+
+
 def _positive(name: str, value: int) -> None:
     if value < 1:
         raise UsageError(f"{name} must be >= 1, got {value}")
@@ -135,7 +138,8 @@ def _resume_hint(args: argparse.Namespace, checkpoint: Path, started: float) -> 
 def _evaluate(args: argparse.Namespace) -> None:
     import json
 
-    _positive("--events", args.events)
+    if args.events is not None:
+        _positive("--events", args.events)
     if args.mask_ratio is not None:
         _fraction("--mask-ratio", args.mask_ratio)
     from .data import EventDataset, load_events, simulate
@@ -148,10 +152,10 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise UsageError(f"--mask-ratio: {args.checkpoint} holds a regressor, which hides nothing; remove it")
     norm = build_normalizer(cfg.data)
     print(f"using {which}")
-    if args.data:
-        events = load_events(args.data)
+    if args.data:  # the first --events of the file (default all), and no other is read
+        events = load_events(args.data, entry_stop=args.events)
     else:
-        events = simulate(args.events, seed=args.seed, config=build_sim_config(cfg.data))
+        events = simulate(args.events or EVALUATE_SIMULATED, seed=args.seed, config=build_sim_config(cfg.data))
     if cfg.model.task == "regress" and cfg.data.fiducial:  # evaluate where the model was trained
         events = fiducial(events, args.data or "the simulated events")
     data = EventDataset(events, norm)
@@ -366,7 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("checkpoint", help="a checkpoint.pt written by xecbench train")
     e.add_argument("--data", default=None, help=".root/.npz events (default: simulate --events)")
-    e.add_argument("--events", type=int, default=256, help="events to simulate without --data (default %(default)s)")
+    e.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help=f"the first N events of --data (default all), or N simulated events (default {EVALUATE_SIMULATED})",
+    )
     e.add_argument("--seed", type=int, default=2024, help="seed of the events and masks (default %(default)s)")
     e.add_argument(
         "--mask-ratio", type=float, default=None, help="default: the model's (inpaint_)mask_ratio; not for a regressor"
