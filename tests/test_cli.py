@@ -37,25 +37,18 @@ def test_display_writes_a_png(tmp_path):
     assert (tmp_path / "e.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_display_reads_the_event_it_draws_and_no_other(tmp_path, monkeypatch):
-    import uproot
-
+def test_display_reads_the_event_it_draws_and_no_other(tmp_path, monkeypatch, uproot_reads):
     import xecbench.viz
 
     events = simulate(40, seed=3)
     data = write_root(tmp_path / "s.root", events)
-    asked, drawn = [], {}
-    real_iterate, real_display = uproot.TTree.iterate, xecbench.viz.event_display
-
-    def iterate(self, *args, **kwargs):
-        asked.append((kwargs["entry_start"], kwargs["entry_stop"]))
-        return real_iterate(self, *args, **kwargs)
+    asked, drawn = uproot_reads, {}
+    real_display = xecbench.viz.event_display
 
     def display(values, **kwargs):
         drawn.update(values=values, **kwargs)
         return real_display(values, **kwargs)
 
-    monkeypatch.setattr(uproot.TTree, "iterate", iterate)
     monkeypatch.setattr(xecbench.viz, "event_display", display)
     main(["display", str(data), "--event", "27", "--out", str(tmp_path / "e.png"), "--quantity", "time"])
     assert asked == [(27, 28)]

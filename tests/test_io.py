@@ -291,18 +291,11 @@ def test_a_chunk_is_let_go_before_the_next_is_read(tmp_path, events, monkeypatch
     assert alive_at_read == [0] * len(alive_at_read)
 
 
-def test_a_range_of_entries_is_read_and_nothing_else(tmp_path, events, monkeypatch):
+def test_a_range_of_entries_is_read_and_nothing_else(tmp_path, events, uproot_reads):
     path = write_root(tmp_path / "sim.root", events)
     npz = save_npz(tmp_path / "sim.npz", events)
     assert count_events(path) == count_events(npz) == 300
-    asked = []  # the entry ranges uproot is asked for
-    real_iterate = uproot.TTree.iterate
-
-    def iterate(self, *args, **kwargs):
-        asked.append((kwargs["entry_start"], kwargs["entry_stop"]))
-        return real_iterate(self, *args, **kwargs)
-
-    monkeypatch.setattr(uproot.TTree, "iterate", iterate)
+    asked = uproot_reads
     part = read_root(path, entry_start=70, entry_stop=200, step_size=64)
     assert asked == [(70, 200)]
     assert part.keys() == events.keys() and all(np.array_equal(part[k], events[k][70:200]) for k in events)

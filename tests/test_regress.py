@@ -166,7 +166,7 @@ def test_bad_targets_are_named():
         XECRegressor(XECMAE().encoder, targets=("energy",), weights=(1.0, 2.0))
 
 
-def test_train_and_evaluate_a_regressor_from_the_command_line(tmp_path, capsys, monkeypatch):
+def test_train_and_evaluate_a_regressor_from_the_command_line(tmp_path, capsys, uproot_reads):
     import json
 
     from xecbench.cli import main
@@ -199,21 +199,12 @@ def test_train_and_evaluate_a_regressor_from_the_command_line(tmp_path, capsys, 
     uvw = simulate(64, seed=2024, config=SimConfig(spectrum="flat"))["uvwTruth"]
     assert n == int(geo.in_fiducial(uvw).sum()) < 64
     # the same 64 events as the first of a file: --events reads those and no others, same result
-    import uproot
-
     from xecbench.data import write_root
 
     events = simulate(100, seed=2024, config=SimConfig(spectrum="flat"))
     assert np.array_equal(events["uvwTruth"][:64], uvw)
     data = write_root(tmp_path / "eval.root", events)
-    asked = []
-    real_iterate = uproot.TTree.iterate
-
-    def iterate(self, *args, **kwargs):
-        asked.append((kwargs["entry_start"], kwargs["entry_stop"]))
-        return real_iterate(self, *args, **kwargs)
-
-    monkeypatch.setattr(uproot.TTree, "iterate", iterate)
+    asked = uproot_reads
     args = ["evaluate", str(run / "checkpoint.pt"), "--data", str(data), "--events", "64"]
     main([*args, "--out", str(tmp_path / "f.json")])
     assert asked == [(0, 64)]

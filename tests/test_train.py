@@ -654,9 +654,8 @@ def test_adamw_runs_fused_on_cpu_and_steps_like_the_textbook_update(tmp_path):
     ("suffix", "n_train", "n_val", "val_file"),
     [(".root", 100, 50, False), (".root", 1000, 50, False), (".npz", 100, 200, False), (".root", 1000, 50, True)],
 )
-def test_a_file_source_reads_only_the_events_the_run_uses(tmp_path, monkeypatch, suffix, n_train, n_val, val_file):
+def test_a_file_source_reads_only_the_events_the_run_uses(tmp_path, uproot_reads, suffix, n_train, n_val, val_file):
     import numpy as np
-    import uproot
 
     from xecbench.data import Normalizer, save_npz, simulate, write_root
     from xecbench.train import build_datasets
@@ -667,14 +666,7 @@ def test_a_file_source_reads_only_the_events_the_run_uses(tmp_path, monkeypatch,
     data = {"source": str(path), "n_train": n_train, "n_val": n_val}
     if val_file:
         data["val_source"] = str(write_root(tmp_path / "val.root", other))
-    asked = []  # the entry ranges uproot is asked for
-    real_iterate = uproot.TTree.iterate
-
-    def iterate(self, *args, **kwargs):
-        asked.append((kwargs["entry_start"], kwargs["entry_stop"]))
-        return real_iterate(self, *args, **kwargs)
-
-    monkeypatch.setattr(uproot.TTree, "iterate", iterate)
+    asked = uproot_reads
     train, val = build_datasets(config_from_dict({"model": {"preset": "tiny"}, "data": data}))
     # by hand: validation is all of val_source, else the file's last n_val events (at most half of
     # it); training the first n_train events before them
